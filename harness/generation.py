@@ -1,0 +1,263 @@
+"""Text generation behind a small backend interface.
+
+The training stage (on-policy rollouts, teacher generations) and the evaluation pipeline both call
+`GenerationBackend.generate`. `HFGenerationBackend` is the default: batched `model.generate` with a
+KV cache, left padding, prompts bucketed by length, and per-sequence early stop on EOS or stop strings.
+
+A vLLM backend for GPU users would implement the same `generate` (vLLM's `LLM.generate` with
+`SamplingParams(temperature, top_p, max_tokens, stop, n, seed)`), returning completion token ids
+from `RequestOutput.outputs[i].token_ids`. During training it must see the student's current
+weights: reload them into the engine after each optimizer step (`llm.llm_engine.model_executor`
+weight sync, as TRL's vLLM colocate mode does) or run it in a separate process fed by a weight
+broadcast. See `VLLMGenerationBackend` below for the skeleton that is enabled when vLLM imports.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, Sequence
+
+import torch
+
+FinishReason = Literal["stop", "eos", "length"]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Decoding settings. temperature 0 means greedy."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    seed: int = 0
+    max_prompt_tokens: int | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": list(self.stop),
+            "n": self.n,
+            "seed": self.seed,
+            "max_prompt_tokens": self.max_prompt_tokens,
+        }
+
+
+@dataclass
+class GenerationOutput:
+    """One completion. `token_ids` are the generated ids kept for training: up to and including the
+    stop string's tokens or the EOS token; `text` is cut before the stop string."""
+
+    prompt: str
+    text: str
+    token_ids: list[int]
+    prompt_ids: list[int]
+    finish_reason: FinishReason
+    sample_index: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class GenerationBackend(Protocol):
+    def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[GenerationOutput]:
+        """Return `len(prompts) * params.n` outputs, grouped by prompt (prompt-major order)."""
+        ...
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], max_prompt_tokens: int | None) -> list[list[int]]:
+    """Token ids of already-rendered prompts (chat template applied upstream, so no extra specials).
+
+    Over-long prompts are cut from the left so the question's end and the generation prompt survive.
+    """
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    if max_prompt_tokens is not None:
+        ids = [x[-max_prompt_tokens:] for x in ids]
+    return ids
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad to a [B, L] batch plus attention mask."""
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            input_ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return input_ids, mask
+
+
+def truncate_at_stop(tokenizer, ids: list[int], stop: Sequence[str], eos_ids: set[int]) -> tuple[str, list[int], FinishReason]:
+    """Cut a generated id list at EOS or at the earliest stop string.
+
+    Returns the visible text (before the stop string), the ids to keep (through the token that
+    completed the stop string, or through EOS) and why it ended.
+    """
+    for k, tok in enumerate(ids):
+        if tok in eos_ids:
+            text = tokenizer.decode(ids[:k], skip_special_tokens=True)
+            cut = _first_stop(text, stop)
+            if cut is None:
+                return text, ids[: k + 1], "eos"
+            ids = ids[:k]
+            break
+    if stop:
+        full = tokenizer.decode(ids, skip_special_tokens=True)
+        cut = _first_stop(full, stop)
+        if cut is not None:
+            # The shortest prefix of ids whose text reaches the end of the stop string.
+            pos, s = cut
+            end = pos + len(s)
+            lo, hi = 1, len(ids)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if len(tokenizer.decode(ids[:mid], skip_special_tokens=True)) >= end:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            return full[:pos], ids[:lo], "stop"
+    return tokenizer.decode(ids, skip_special_tokens=True), ids, "length"
+
+
+def _first_stop(text: str, stop: Sequence[str]) -> tuple[int, str] | None:
+    best: tuple[int, str] | None = None
+    for s in stop:
+        if not s:
+            continue
+        i = text.find(s)
+        if i >= 0 and (best is None or i < best[0]):
+            best = (i, s)
+    return best
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    cfg_eos = getattr(model.generation_config, "eos_token_id", None) if hasattr(model, "generation_config") else None
+    for val in (cfg_eos, tokenizer.eos_token_id):
+        if val is None:
+            continue
+        ids.update(val if isinstance(val, (list, tuple)) else [val])
+    return ids
+
+
+class HFGenerationBackend:
+    """Batched Hugging Face generation: KV cache, left padding, length bucketing, stop strings."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 8, progress: bool = False, desc: str = "generate"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.progress = progress
+        self.desc = desc
+        self.generated_tokens = 0  # running count, for cost accounting
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[GenerationOutput]:
+        tok = self.tokenizer
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        eos_ids = eos_token_ids(self.model, tok)
+        prompt_ids = encode_prompts(tok, prompts, params.max_prompt_tokens)
+        # Expand for n samples, then bucket by length so little compute goes to padding.
+        jobs = [(i, j) for i in range(len(prompts)) for j in range(params.n)]
+        order = sorted(range(len(jobs)), key=lambda k: (len(prompt_ids[jobs[k][0]]), k))
+        results: dict[int, GenerationOutput] = {}
+        was_training = self.model.training
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        iterator = batches
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(batches, desc=self.desc, leave=False, unit="batch")
+        try:
+            for b_idx, batch in enumerate(iterator):
+                seqs = [prompt_ids[jobs[k][0]] for k in batch]
+                input_ids, mask = left_pad(seqs, pad_id)
+                kwargs = dict(
+                    input_ids=input_ids.to(device),
+                    attention_mask=mask.to(device),
+                    max_new_tokens=params.max_new_tokens,
+                    pad_token_id=pad_id,
+                    eos_token_id=sorted(eos_ids) or None,
+                    use_cache=True,
+                )
+                if params.temperature > 0:
+                    kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+                    torch.manual_seed(_batch_seed(params.seed, b_idx))
+                else:
+                    kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+                if params.stop:
+                    kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
+                out = self.model.generate(**kwargs)
+                gen = out[:, input_ids.shape[1]:].tolist()
+                for row, k in enumerate(batch):
+                    ids = _strip_trailing_pad(gen[row], pad_id, eos_ids)
+                    text, kept, reason = truncate_at_stop(tok, ids, params.stop, eos_ids)
+                    self.generated_tokens += len(kept)
+                    i, j = jobs[k]
+                    results[k] = GenerationOutput(
+                        prompt=prompts[i], text=text, token_ids=kept, prompt_ids=list(prompt_ids[i]),
+                        finish_reason=reason, sample_index=j,
+                    )
+        finally:
+            self.model.train(was_training)
+        return [results[k] for k in range(len(jobs))]
+
+
+def _strip_trailing_pad(ids: list[int], pad_id: int, eos_ids: set[int]) -> list[int]:
+    """Drop the padding `generate` appends after a finished sequence, keeping the first EOS.
+
+    When pad == eos (SmolLM2, Qwen), the first EOS is real and the rest are padding.
+    """
+    for k, t in enumerate(ids):
+        if t in eos_ids:
+            return ids[: k + 1]
+    if pad_id not in eos_ids:
+        while ids and ids[-1] == pad_id:
+            ids = ids[:-1]
+    return ids
+
+
+def _batch_seed(seed: int, batch_index: int) -> int:
+    return (seed * 1_000_003 + batch_index * 7919) % (2**31 - 1)
+
+
+class VLLMGenerationBackend:  # pragma: no cover - needs a GPU and vLLM
+    """vLLM backend for evaluation on GPUs (same contract as HFGenerationBackend).
+
+    Enabled only when `vllm` imports. For training-time rollouts the engine's weights must be
+    refreshed from the student after every optimizer step; that sync is not implemented yet, so the
+    training stage uses HFGenerationBackend.
+    """
+
+    def __init__(self, model_dir: str, tokenizer, **engine_kwargs):
+        try:
+            from vllm import LLM  # type: ignore
+        except ImportError as exc:
+            raise RuntimeError("vLLM is not installed; `pip install vllm` on a CUDA machine or use the hf backend") from exc
+        self.llm = LLM(model=model_dir, **engine_kwargs)
+        self.tokenizer = tokenizer
+        self.generated_tokens = 0
+
+    def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[GenerationOutput]:
+        from vllm import SamplingParams  # type: ignore
+
+        sp = SamplingParams(
+            n=params.n, temperature=params.temperature, top_p=params.top_p if params.temperature > 0 else 1.0,
+            max_tokens=params.max_new_tokens, stop=list(params.stop) or None, seed=params.seed,
+        )
+        outs: list[GenerationOutput] = []
+        for req in self.llm.generate(list(prompts), sp):
+            for j, o in enumerate(req.outputs):
+                reason: FinishReason = "length" if o.finish_reason == "length" else ("stop" if o.stop_reason else "eos")
+                self.generated_tokens += len(o.token_ids)
+                outs.append(GenerationOutput(req.prompt, o.text, list(o.token_ids), list(req.prompt_token_ids), reason, j))
+        return outs
+
+
+def ceil_div(a: int, b: int) -> int:
+    return int(math.ceil(a / b))

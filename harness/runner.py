@@ -1,0 +1,146 @@
+"""Glue between validated configs and the stages: load models and data, train, evaluate.
+
+`distill-bench train` and `distill-bench eval` call in here; the suite runner reuses the same
+functions so a suite cell is exactly a `train` followed by an `eval`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.config import EvalConfig, ModelSpec, RunConfig, TaskConfig, load_run_config, validate, apply_overrides
+from harness.paths import cache_dir, data_dir as resolve_data_dir
+from harness.training.loop import TrainingSetup, TrainResult, required_signal, train
+from objectives.base import TeacherSignal, build_objective
+
+
+@dataclass
+class LoadedPair:
+    """Teacher and student with one shared, checked tokenizer."""
+
+    teacher: torch.nn.Module | None
+    student: torch.nn.Module
+    tokenizer: Any
+    teacher_dir: Path | None
+    student_dir: Path
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_pair(teacher_spec: ModelSpec, student_spec: ModelSpec, *, need_teacher: bool = True,
+              teacher: torch.nn.Module | None = None) -> LoadedPair:
+    """Load (or reuse) the teacher and load a fresh student; refuse mismatched vocabularies up front."""
+    from harness.models import check_vocab_compat, load_model, resolve_model_dir
+
+    device = pick_device()
+    teacher_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    teacher_dir = resolve_model_dir(teacher_spec)
+    student_dir = resolve_model_dir(student_spec, teacher=teacher_spec)
+    student, s_tok = load_model(student_spec, teacher=teacher_spec, dtype=torch.float32, device=str(device))
+    t_tok = None
+    if need_teacher or teacher is not None:
+        if teacher is None:
+            teacher, t_tok = load_model(teacher_spec, dtype=teacher_dtype, device=str(device))
+        else:
+            from transformers import AutoTokenizer
+
+            t_tok = AutoTokenizer.from_pretrained(teacher_dir)
+        check_vocab_compat(t_tok, s_tok, teacher, student)
+    if student_spec.lora is not None:
+        student = _apply_lora(student, student_spec)
+    return LoadedPair(teacher if need_teacher else None, student, s_tok, teacher_dir, student_dir)
+
+
+def _apply_lora(model, spec: ModelSpec):
+    from peft import LoraConfig, get_peft_model
+
+    lc = spec.lora
+    return get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                            target_modules=list(lc.target_modules), task_type="CAUSAL_LM"))
+
+
+def prompt_renderer(task_def, tokenizer):
+    """Example -> rendered prompt text (chat template applied when the task says so)."""
+    from harness.data import render_chat_prompt
+
+    use_chat = bool(getattr(task_def, "chat_template", getattr(task_def, "use_chat_template", True)))
+    return lambda ex: render_chat_prompt(tokenizer, ex.prompt, use_chat_template=use_chat)
+
+
+def task_stop_strings(task_def, split: str = "train") -> tuple[str, ...]:
+    stop = getattr(task_def, "stop", None)
+    if stop is None and hasattr(task_def, "generation"):
+        stop = getattr(task_def.generation, "stop", None)
+    return tuple(stop or ())
+
+
+def teacher_cache_file(teacher_dir: Path | None, task: str) -> Path:
+    key = hashlib.sha256(str(teacher_dir).encode()).hexdigest()[:16]
+    return cache_dir() / "teacher_generations" / f"{task}-{key}.jsonl"
+
+
+def build_setup(cfg: RunConfig, pair: LoadedPair, *, limit: int | None = None) -> TrainingSetup:
+    from harness.data import get_task, load_examples
+
+    task_def = get_task(cfg.task.name)
+    examples = load_examples(task_def, "train", source=cfg.task.train_source,
+                             limit=limit or cfg.task.train_limit, data_dir=resolve_data_dir(cfg.data_dir), seed=cfg.seed)
+    return TrainingSetup(
+        teacher=pair.teacher, student=pair.student, tokenizer=pair.tokenizer, examples=examples,
+        render_prompt=prompt_renderer(task_def, pair.tokenizer), stop=task_stop_strings(task_def),
+        teacher_key=str(pair.teacher_dir), teacher_cache_path=teacher_cache_file(pair.teacher_dir, cfg.task.name),
+    )
+
+
+def run_training(cfg: RunConfig, run_dir: Path, *, max_steps: int | None = None, limit: int | None = None,
+                 progress: bool = True, teacher: torch.nn.Module | None = None, stop_after_step: int | None = None) -> TrainResult:
+    """`distill-bench train`: load, train (resuming if a checkpoint exists), save an HF checkpoint."""
+    objective = build_objective(cfg.objective.name, cfg.objective.params)
+    need_teacher = required_signal(objective) != TeacherSignal.NONE or _needs_teacher_generation(objective)
+    pair = load_pair(cfg.teacher, cfg.student, need_teacher=need_teacher, teacher=teacher)
+    setup = build_setup(cfg, pair, limit=limit)
+    return train(cfg, run_dir, setup, max_steps=max_steps, progress=progress, stop_after_step=stop_after_step)
+
+
+def _needs_teacher_generation(objective) -> bool:
+    from objectives.base import SequenceSource
+
+    mix = objective.source_mix(0.0)
+    return any(src == SequenceSource.TEACHER and p > 0 for src, p in mix.items()) or objective.source == SequenceSource.TEACHER
+
+
+def run_evaluation_cli(args) -> None:
+    """`distill-bench eval MODEL --tasks ...`."""
+    import yaml
+
+    from harness.errors import ConfigError
+    from harness.eval_runner import evaluate_model
+    from harness.models import load_model
+
+    raw: dict[str, Any] = {}
+    if args.config:
+        raw = yaml.safe_load(Path(args.config).read_text()) or {}
+    raw = apply_overrides(raw, list(args.overrides))
+    eval_cfg = validate(EvalConfig, raw.get("eval", {}), f"{args.config or '<cli>'}:eval")
+    teacher_spec = validate(ModelSpec, raw["teacher"], "teacher") if raw.get("teacher") else None
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    task_cfgs = [validate(TaskConfig, {"name": t, "eval_limit": args.limit}, f"--tasks {t}") for t in tasks]
+    spec = validate(ModelSpec, {"name": args.model}, "model")
+    device = pick_device()
+    model, tok = load_model(spec, dtype=torch.float32, device=str(device))
+    teacher = None
+    if teacher_spec is not None:
+        teacher, _ = load_model(teacher_spec, dtype=torch.float32, device=str(device))
+    results = evaluate_model(model, tok, task_cfgs, eval_cfg, Path(args.output_dir), data_dir=resolve_data_dir(args.data_dir),
+                             teacher=teacher, progress=not args.no_progress)
+    import json
+
+    print(json.dumps(results, indent=2, default=str))

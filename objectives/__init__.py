@@ -1,0 +1,35 @@
+"""Distillation objectives: one module per objective plus the shared machinery.
+
+- ``objectives.base``: the plugin contract (``Objective``, ``LossChunk``) and the registry.
+- ``objectives.divergences``: per-position divergence math on fp32 log-probabilities.
+- ``objectives.engine``: dense and chunked (memory-bounded) loss paths.
+- ``objectives.conformance``: a check kit that plugin authors run against their objective.
+
+Built-in objective modules are imported lazily by the registry, so importing this package is cheap.
+"""
+
+from objectives.base import (
+    LossChunk,
+    Objective,
+    ObjectiveParams,
+    SequenceSource,
+    TeacherSignal,
+    build_objective,
+    describe_all,
+    get_objective,
+    list_objectives,
+    register_objective,
+)
+
+__all__ = [
+    "LossChunk",
+    "Objective",
+    "ObjectiveParams",
+    "SequenceSource",
+    "TeacherSignal",
+    "build_objective",
+    "describe_all",
+    "get_objective",
+    "list_objectives",
+    "register_objective",
+]

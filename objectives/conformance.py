@@ -1,0 +1,695 @@
+"""Conformance kit: checks that an objective (built-in or plugin) honours the contract.
+
+Usage for plugin authors::
+
+    from objectives.conformance import assert_conformant
+    assert_conformant(MyObjective)                      # or a registered name, or an instance
+    assert_conformant("my_objective", {"alpha": 0.2}, reference=my_plain_formula)
+
+Each ``check_*`` function takes an ``Objective`` instance and returns a ``CheckResult`` whose status
+is "pass", "fail" or "skip" (with the reason). Checks use small synthetic tensors on CPU (the
+memory check uses CUDA when available) and run in well under a second each.
+
+``reference`` formulas are written independently of ``objectives.divergences``, in the simplest
+dense way (softmax, log, sum) in fp64; the kit holds them for the built-ins.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from harness.errors import ObjectiveError
+from objectives.base import Objective, SequenceSource, TeacherSignal, get_objective
+from objectives.engine import chunked_loss, dense_loss, make_loss_chunk
+
+__all__ = [
+    "REFERENCE_LOSSES",
+    "CheckResult",
+    "assert_conformant",
+    "check_accumulation",
+    "check_bf16",
+    "check_chunked_matches_dense",
+    "check_chunked_memory",
+    "check_contract",
+    "check_direction",
+    "check_gkd_continuity",
+    "check_reference",
+    "check_veto_beta0_equals_kl",
+    "check_veto_forward_gradient",
+    "check_zero_at_match",
+    "peak_memory_bytes",
+    "run_conformance",
+]
+
+Status = Literal["pass", "fail", "skip"]
+# reference(objective, student_logits fp64 [N,V], teacher_logits fp64 [N,V], targets [N], sched) -> [N]
+Reference = Callable[[Objective, Tensor, Tensor, Tensor, dict], Tensor]
+
+
+@dataclass
+class CheckResult:
+    """Outcome of one conformance check."""
+
+    name: str
+    status: Status
+    detail: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
+
+    def __str__(self) -> str:
+        return f"[{self.status.upper()}] {self.name}" + (f": {self.detail}" if self.detail else "")
+
+
+def _result(name: str, problems: list[str], ok_detail: str = "") -> CheckResult:
+    return CheckResult(name, "fail", "; ".join(problems)) if problems else CheckResult(name, "pass", ok_detail)
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic data helpers
+# ---------------------------------------------------------------------------------------------
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _logits(n: int, v: int, seed: int, scale: float = 2.0, dtype: torch.dtype = torch.float32) -> Tensor:
+    return (torch.randn(n, v, generator=_gen(seed), dtype=torch.float64) * scale).to(dtype)
+
+
+def _targets(n: int, v: int, seed: int) -> Tensor:
+    return torch.randint(0, v, (n,), generator=_gen(seed))
+
+
+def _needs_teacher(obj: Objective) -> bool:
+    return obj.required_teacher_signal() is not TeacherSignal.NONE
+
+
+def _mid_sched(obj: Objective) -> dict[str, float]:
+    return obj.schedule(3, 10)
+
+
+def _end_sched(obj: Objective) -> dict[str, float]:
+    return obj.schedule(9, 10)
+
+
+def _per_token(obj: Objective, sched: dict, s: Tensor, t: Tensor | None, y: Tensor) -> Tensor:
+    return obj.per_token_loss(make_loss_chunk(obj, s, t, y), sched)
+
+
+def _maxdiff(a: Tensor, b: Tensor) -> float:
+    return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+
+
+def _close(a: Tensor, b: Tensor, rtol: float, atol: float) -> bool:
+    return bool(torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol))
+
+
+def _guard(name: str, fn: Callable[[], CheckResult]) -> CheckResult:
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - a crashing objective is a failed check, not a crash
+        return CheckResult(name, "fail", f"raised {type(exc).__name__}: {exc}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic checks
+# ---------------------------------------------------------------------------------------------
+def check_contract(obj: Objective) -> CheckResult:
+    """Params, source mix, schedule, signals and the output shape/dtype follow the contract."""
+
+    def run() -> CheckResult:
+        problems: list[str] = []
+        cls = type(obj)
+        if cls.Params.model_config.get("extra") != "forbid":
+            problems.append("Params must set extra='forbid'")
+        for progress in (0.0, 0.25, 0.5, 1.0):
+            mix = obj.source_mix(progress)
+            if not mix or not all(isinstance(k, SequenceSource) for k in mix):
+                problems.append(f"source_mix({progress}) must map SequenceSource to probabilities, got {mix}")
+                continue
+            vals = list(mix.values())
+            if any(not math.isfinite(p) or p < 0 for p in vals) or abs(sum(vals) - 1.0) > 1e-9:
+                problems.append(f"source_mix({progress}) probabilities must be ≥ 0 and sum to 1, got {mix}")
+        for step, total in ((0, 1), (0, 10), (5, 10), (9, 10), (12, 10)):
+            sched = obj.schedule(step, total)
+            if not isinstance(sched, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and math.isfinite(v) for k, v in sched.items()
+            ):
+                problems.append(f"schedule({step}, {total}) must return dict[str, finite float], got {sched!r}")
+        if not isinstance(obj.required_teacher_signal(), TeacherSignal):
+            problems.append("required_teacher_signal() must return a TeacherSignal")
+        if obj.divergence_direction not in (None, "forward", "reverse"):
+            problems.append(f"divergence_direction must be None, 'forward' or 'reverse', got {obj.divergence_direction!r}")
+        desc = cls.describe()
+        for key in ("name", "description", "source", "teacher_signal", "params"):
+            if key not in desc:
+                problems.append(f"describe() lacks {key!r}")
+        n, v = 6, 11
+        s = _logits(n, v, 1).requires_grad_()
+        out = _per_token(obj, _mid_sched(obj), s, _logits(n, v, 2), _targets(n, v, 3))
+        if not isinstance(out, Tensor) or out.shape != (n,):
+            problems.append(f"per_token_loss must return shape [{n}], got {getattr(out, 'shape', type(out))}")
+        elif out.dtype != torch.float32:
+            problems.append(f"per_token_loss must return float32 for fp32 inputs, got {out.dtype}")
+        elif not torch.isfinite(out).all():
+            problems.append("per_token_loss returned non-finite values on ordinary inputs")
+        elif not out.requires_grad:
+            problems.append("per_token_loss output does not depend on student_logits")
+        return _result("contract", problems)
+
+    return _guard("contract", run)
+
+
+def check_zero_at_match(obj: Objective) -> CheckResult:
+    """Student == teacher gives (numerically) zero loss and zero gradient at every position."""
+    name = "zero_at_match"
+
+    def run() -> CheckResult:
+        if not _needs_teacher(obj):
+            return CheckResult(name, "skip", "objective uses no teacher signal")
+        sched = _end_sched(obj)
+        if not obj.teacher_is_fixed_point(sched):
+            return CheckResult(name, "skip", f"teacher is not the optimum under sched {sched}")
+        n, v = 16, 37
+        s = _logits(n, v, 11).requires_grad_()
+        loss = _per_token(obj, sched, s, s.detach().clone(), _targets(n, v, 12))
+        (grad,) = torch.autograd.grad(loss.sum(), s)
+        problems = []
+        loss = loss.detach()
+        if float(loss.abs().max()) > 1e-6:
+            problems.append(f"max |loss| = {float(loss.abs().max()):.3g} (> 1e-6)")
+        if float(grad.abs().max()) > 1e-6:
+            problems.append(f"max |grad| = {float(grad.abs().max()):.3g} (> 1e-6)")
+        return _result(name, problems)
+
+    return _guard(name, run)
+
+
+def _direction_pair() -> tuple[Tensor, Tensor]:
+    """A broad (two-mode) and a narrow (one-mode) distribution over 8 tokens, as logits."""
+    rest = [0.02 / 6] * 6
+    broad = torch.tensor([[0.49, 0.49, *rest]], dtype=torch.float32).log()
+    narrow = torch.tensor([[0.97, 0.01, *rest]], dtype=torch.float32).log()
+    return broad, narrow
+
+
+def check_direction(obj: Objective) -> CheckResult:
+    """Forward objectives punish missing teacher mass more; reverse ones punish extra student mass.
+
+    "missing": teacher broad, student narrow. "extra": teacher narrow, student broad (the mirror
+    image, so for plain KL the two losses swap). Uses the end-of-schedule values.
+    """
+    name = "direction"
+
+    def run() -> CheckResult:
+        direction = obj.divergence_direction
+        if direction is None or not _needs_teacher(obj):
+            return CheckResult(name, "skip", "objective declares no divergence direction")
+        sched = _end_sched(obj)
+        broad, narrow = _direction_pair()
+        y = torch.zeros(1, dtype=torch.long)
+        missing = float(_per_token(obj, sched, narrow, broad, y).detach().sum())
+        extra = float(_per_token(obj, sched, broad, narrow, y).detach().sum())
+        detail = f"loss(missing teacher mass)={missing:.4f}, loss(extra student mass)={extra:.4f}"
+        ok = missing > extra * 1.05 if direction == "forward" else extra > missing * 1.05
+        return CheckResult(name, "pass" if ok else "fail", f"{direction}: {detail}")
+
+    return _guard(name, run)
+
+
+def _heads(v: int, h: int, ht: int, seed: int, dtype: torch.dtype = torch.float32) -> tuple[nn.Linear, nn.Linear]:
+    g = _gen(seed)
+    student = nn.Linear(h, v, bias=True).to(dtype)
+    teacher = nn.Linear(ht, v, bias=False).to(dtype)
+    with torch.no_grad():
+        student.weight.copy_(torch.randn(v, h, generator=g) / math.sqrt(h) * 3)
+        student.bias.copy_(torch.randn(v, generator=g) * 0.1)
+        teacher.weight.copy_(torch.randn(v, ht, generator=g) / math.sqrt(ht) * 3)
+    return student, teacher
+
+
+def check_chunked_matches_dense(obj: Objective) -> CheckResult:
+    """chunked_loss == dense_loss within 1e-5 (fp32): loss, stats, grads (hidden, head weight, bias)."""
+    name = "chunked_matches_dense"
+
+    def run() -> CheckResult:
+        n, v, h, ht = 37, 50, 16, 24
+        sched = _mid_sched(obj)
+        head, t_head = _heads(v, h, ht, 21)
+        hidden = torch.randn(n, h, generator=_gen(22)).requires_grad_()
+        t_hidden = torch.randn(n, ht, generator=_gen(23))
+        y = _targets(n, v, 24)
+        params = [hidden, head.weight, head.bias]
+        ref = dense_loss(obj, sched, head(hidden), t_head(t_hidden).detach(), y)
+        ref_grads = torch.autograd.grad(ref.loss_sum, params)
+        problems = []
+        for chunk_size in (8, 37, 100):
+            out = chunked_loss(obj, sched, hidden, head, t_hidden, t_head, y, chunk_size=chunk_size)
+            grads = torch.autograd.grad(out.loss_sum, params)
+            tag = f"chunk_size={chunk_size}"
+            if not _close(out.loss_sum.detach(), ref.loss_sum.detach(), 1e-5, 1e-5):
+                problems.append(
+                    f"{tag}: loss {float(out.loss_sum.detach()):.7g} vs dense {float(ref.loss_sum.detach()):.7g}"
+                )
+            if out.n_tokens != ref.n_tokens:
+                problems.append(f"{tag}: n_tokens {out.n_tokens} vs {ref.n_tokens}")
+            for stat in ("entropy_sum", "kl_sum"):
+                a, b = getattr(out, stat), getattr(ref, stat)
+                if not (math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-5) or (math.isnan(a) and math.isnan(b))):
+                    problems.append(f"{tag}: {stat} {a:.7g} vs dense {b:.7g}")
+            for label, g, r in zip(("hidden", "head.weight", "head.bias"), grads, ref_grads):
+                if not _close(g, r, 1e-5, 1e-5):
+                    problems.append(f"{tag}: grad {label} differs by {_maxdiff(g, r):.3g}")
+        return _result(name, problems)
+
+    return _guard(name, run)
+
+
+def check_accumulation(obj: Objective) -> CheckResult:
+    """Sum of micro-batch loss_sums / total tokens == one big batch's loss_sum / tokens (and grads)."""
+    name = "accumulation"
+
+    def run() -> CheckResult:
+        n, v = 24, 29
+        sched = _mid_sched(obj)
+        s = _logits(n, v, 31).requires_grad_()
+        t = _logits(n, v, 32)
+        y = _targets(n, v, 33)
+        full = dense_loss(obj, sched, s, t, y)
+        (g_full,) = torch.autograd.grad(full.loss_sum / full.n_tokens, s)
+        parts = [dense_loss(obj, sched, s[a:b], t[a:b], y[a:b]) for a, b in ((0, 10), (10, 11), (11, 24))]
+        total_tokens = sum(p.n_tokens for p in parts)
+        accumulated = sum(p.loss_sum for p in parts) / total_tokens
+        (g_acc,) = torch.autograd.grad(accumulated, s)
+        problems = []
+        if total_tokens != full.n_tokens:
+            problems.append(f"micro-batch token counts sum to {total_tokens}, not {full.n_tokens}")
+        if not _close(accumulated.detach(), full.loss_sum.detach() / full.n_tokens, 1e-6, 1e-7):
+            problems.append(
+                f"accumulated loss {float(accumulated.detach()):.7g} vs one batch {float(full.loss_sum.detach()) / n:.7g}"
+            )
+        if not _close(g_acc, g_full, 1e-6, 1e-7):
+            problems.append(f"gradients differ by {_maxdiff(g_acc, g_full):.3g}")
+        return _result(name, problems)
+
+    return _guard(name, run)
+
+
+def check_bf16(obj: Objective) -> CheckResult:
+    """bf16 inputs are computed in fp32: output fp32, finite, ≥ 0 when the loss is a divergence."""
+    name = "bf16"
+
+    def run() -> CheckResult:
+        problems: list[str] = []
+        sched = _mid_sched(obj)
+        n, v = 32, 512
+        base = _logits(n, v, 41, scale=3.0)
+        cases = {
+            "identical": (base, base),
+            "nearly identical": (base, base + 1e-2 * _logits(n, v, 42, scale=1.0)),
+            "different": (base, _logits(n, v, 43, scale=3.0)),
+        }
+        y = _targets(n, v, 44)
+        for label, (s32, t32) in cases.items():
+            s16, t16 = s32.bfloat16().requires_grad_(), t32.bfloat16()
+            loss = _per_token(obj, sched, s16, t16, y)
+            if loss.dtype != torch.float32:
+                problems.append(f"{label}: loss dtype {loss.dtype}, expected float32")
+            if not torch.isfinite(loss).all():
+                problems.append(f"{label}: non-finite loss")
+            if obj.nonnegative_loss and float(loss.detach().min()) < 0:
+                problems.append(f"{label}: negative loss {float(loss.detach().min()):.3g}")
+            (g,) = torch.autograd.grad(loss.sum(), s16)
+            if g.dtype != torch.bfloat16 or not torch.isfinite(g).all():
+                problems.append(f"{label}: gradient must be finite bf16, got {g.dtype}")
+            # Same bf16 values in fp64: an objective that computes in bf16 internally is far off.
+            loss64 = _per_token(obj, sched, s16.detach().double(), t16.double(), y)
+            if not _close(loss.detach(), loss64, 1e-3, 2e-4):
+                problems.append(f"{label}: fp32 result differs from fp64 by {_maxdiff(loss, loss64):.3g}")
+        # Chunked path with a bf16 model: logits in bf16, loss in fp32.
+        nh, h = 40, 32
+        head, t_head = _heads(v, h, h, 45, dtype=torch.bfloat16)
+        hidden = torch.randn(nh, h, generator=_gen(46)).bfloat16().requires_grad_()
+        t_hidden = hidden.detach().clone() + 0.01 * torch.randn(nh, h, generator=_gen(47)).bfloat16()
+        yh = _targets(nh, v, 48)
+        out = chunked_loss(obj, sched, hidden, head, t_hidden, t_head, yh, chunk_size=16)
+        dense = dense_loss(obj, sched, head(hidden), t_head(t_hidden).detach(), yh)
+        if out.loss_sum.dtype != torch.float32 or not torch.isfinite(out.loss_sum):
+            problems.append(f"chunked bf16: loss must be finite float32, got {out.loss_sum.dtype}")
+        if obj.nonnegative_loss and float(out.loss_sum.detach()) < 0:
+            problems.append(f"chunked bf16: negative loss {float(out.loss_sum.detach()):.3g}")
+        if not _close(out.loss_sum.detach(), dense.loss_sum.detach(), 1e-4, 1e-4):
+            problems.append(
+                f"chunked bf16 loss {float(out.loss_sum.detach()):.6g} vs dense {float(dense.loss_sum.detach()):.6g}"
+            )
+        gh, gw = torch.autograd.grad(out.loss_sum, [hidden, head.weight])
+        if gh.dtype != torch.bfloat16 or gw.dtype != torch.bfloat16:
+            problems.append(f"chunked bf16: grads must match parameter dtype, got {gh.dtype}, {gw.dtype}")
+        if not (torch.isfinite(gh).all() and torch.isfinite(gw).all()):
+            problems.append("chunked bf16: non-finite gradients")
+        return _result(name, problems)
+
+    return _guard(name, run)
+
+
+def check_reference(obj: Objective, reference: Reference | None = None) -> CheckResult:
+    """Per-token loss and its gradient match autograd of a plain fp64 reference formula."""
+    name = "reference_gradient"
+
+    def run() -> CheckResult:
+        ref_fn = reference or REFERENCE_LOSSES.get(obj.name)
+        if ref_fn is None:
+            return CheckResult(name, "skip", f"no reference formula for {obj.name!r} (pass reference=...)")
+        n, v = 12, 23
+        problems = []
+        for sched in (obj.schedule(0, 10), _mid_sched(obj), _end_sched(obj)):
+            s = _logits(n, v, 51, scale=2.5, dtype=torch.float64).requires_grad_()
+            t = _logits(n, v, 52, scale=2.5, dtype=torch.float64)
+            y = _targets(n, v, 53)
+            got = _per_token(obj, sched, s, t, y)
+            (g_got,) = torch.autograd.grad(got.sum(), s)
+            s_ref = s.detach().clone().requires_grad_()
+            want = ref_fn(obj, s_ref, t, y, sched)
+            (g_want,) = torch.autograd.grad(want.sum(), s_ref)
+            if not _close(got, want, 1e-6, 1e-9):
+                problems.append(f"sched {sched}: loss differs by {_maxdiff(got, want):.3g}")
+            if not _close(g_got, g_want, 1e-6, 1e-9):
+                problems.append(f"sched {sched}: gradient differs by {_maxdiff(g_got, g_want):.3g}")
+        return _result(name, problems)
+
+    return _guard(name, run)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------------------------
+def _cpu_peak_bytes(fn: Callable[[], Any]) -> int:
+    """Peak of live CPU tensor bytes allocated while ``fn`` runs (torch profiler allocation events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # Every allocation/free is one "[memory]" event with a signed byte count; replaying them in
+    # time order gives the live-bytes curve, whose maximum is the peak.
+    events = prof.profiler.kineto_results.events()  # type: ignore[union-attr]
+    deltas = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in deltas:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def peak_memory_bytes(fn: Callable[[], Any], device: str | torch.device = "cpu") -> int:
+    """Extra peak bytes allocated by ``fn`` on ``device`` (CUDA allocator stats, or CPU profiler)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    return _cpu_peak_bytes(fn)
+
+
+def check_chunked_memory(
+    obj: Objective, n: int = 256, vocab: int = 4096, hidden_size: int = 64, chunk_size: int = 32
+) -> CheckResult:
+    """Chunked peak memory (LM head + loss + backward) is well below the dense path's (≤ 0.5×)."""
+    name = "chunked_memory"
+
+    def run() -> CheckResult:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        sched = _mid_sched(obj)
+        head, t_head = (m.to(device) for m in _heads(vocab, hidden_size, hidden_size, 61))
+        hidden = torch.randn(n, hidden_size, generator=_gen(62)).to(device).requires_grad_()
+        t_hidden = torch.randn(n, hidden_size, generator=_gen(63)).to(device)
+        y = _targets(n, vocab, 64).to(device)
+
+        def dense() -> None:
+            with torch.no_grad():
+                t_logits = t_head(t_hidden)
+            dense_loss(obj, sched, head(hidden), t_logits, y).loss_sum.backward()
+
+        def chunked() -> None:
+            chunked_loss(obj, sched, hidden, head, t_hidden, t_head, y, chunk_size=chunk_size).loss_sum.backward()
+
+        try:
+            dense()  # warm-up (lazy init must not count)
+            d_peak = peak_memory_bytes(dense, device)
+            c_peak = peak_memory_bytes(chunked, device)
+        except AttributeError as exc:  # profiler internals unavailable in this torch build
+            return CheckResult(name, "skip", f"cannot measure CPU memory: {exc}")
+        ratio = c_peak / max(d_peak, 1)
+        detail = f"{device}: dense {d_peak / 2**20:.1f} MiB, chunked {c_peak / 2**20:.1f} MiB (ratio {ratio:.2f})"
+        return CheckResult(name, "pass" if ratio <= 0.5 else "fail", detail)
+
+    return _guard(name, run)
+
+
+# ---------------------------------------------------------------------------------------------
+# Objective-specific checks
+# ---------------------------------------------------------------------------------------------
+def _veto_variant(obj: Objective, **update: Any) -> Objective:
+    return type(obj)(obj.params.model_copy(update=update))
+
+
+def check_veto_beta0_equals_kl(obj: Objective) -> CheckResult:
+    """Veto at β = 0 is exactly onpolicy_fkl (forward) / onpolicy_rkl (reverse): loss and gradient."""
+    name = "veto_beta0_equals_kl"
+
+    def run() -> CheckResult:
+        n, v = 10, 31
+        s0 = _logits(n, v, 71)
+        t = _logits(n, v, 72)
+        y = _targets(n, v, 73)
+        problems = []
+        for direction, plain_name in (("forward", "onpolicy_fkl"), ("reverse", "onpolicy_rkl")):
+            veto = _veto_variant(obj, direction=direction)
+            plain = get_objective(plain_name)()
+            s1, s2 = s0.clone().requires_grad_(), s0.clone().requires_grad_()
+            a = _per_token(veto, {"beta": 0.0}, s1, t, y)
+            b = _per_token(plain, {}, s2, t, y)
+            (ga,) = torch.autograd.grad(a.sum(), s1)
+            (gb,) = torch.autograd.grad(b.sum(), s2)
+            if not torch.equal(a, b):
+                problems.append(f"{direction}: loss differs from {plain_name} by {_maxdiff(a, b):.3g}")
+            if not torch.equal(ga, gb):
+                problems.append(f"{direction}: gradient differs from {plain_name} by {_maxdiff(ga, gb):.3g}")
+        return _result(name, problems)
+
+    return _guard(name, run)
+
+
+def check_veto_forward_gradient(obj: Objective) -> CheckResult:
+    """Forward Veto: d(Σ loss)/d(student logits) = p_S − q with q = softmax(log p_T + β log p_S)."""
+    name = "veto_forward_gradient"
+
+    def run() -> CheckResult:
+        veto = _veto_variant(obj, direction="forward")
+        n, v = 10, 31
+        s = _logits(n, v, 81).requires_grad_()
+        t = _logits(n, v, 82)
+        y = _targets(n, v, 83)
+        problems = []
+        for beta in (0.0, 0.5, 0.8, 1.7):
+            loss = _per_token(veto, {"beta": beta}, s, t, y)
+            (g,) = torch.autograd.grad(loss.sum(), s)
+            with torch.no_grad():
+                ls = torch.log_softmax(s.double(), -1)
+                q = torch.softmax(torch.log_softmax(t.double(), -1) + beta * ls, -1)
+                expected = ls.exp() - q
+            if not _close(g, expected, 1e-5, 1e-6):
+                problems.append(f"beta={beta}: gradient differs from p_S − q by {_maxdiff(g, expected):.3g}")
+        return _result(name, problems)
+
+    return _guard(name, run)
+
+
+def check_gkd_continuity(obj: Objective) -> CheckResult:
+    """Normalized JSD is continuous at β = 0 (forward KL) and β = 1 (reverse KL).
+
+    The gap to the endpoint must shrink about linearly as β → endpoint (slope ~ χ²(T, S), which is
+    large for distant distributions, so a fixed tolerance at one β would be meaningless), and be
+    small relative to the value at 1e-6 from the endpoint. The endpoints must be exactly the KLs.
+    """
+    name = "gkd_continuity"
+
+    def run() -> CheckResult:
+        n, v = 12, 41
+        s = _logits(n, v, 91)
+        t = _logits(n, v, 92)
+        y = _targets(n, v, 93)
+
+        def at(beta: float) -> Tensor:
+            variant = type(obj)(obj.params.model_copy(update={"beta": beta}))
+            return _per_token(variant, {}, s, t, y).detach().double()
+
+        problems = []
+        for end, sign in ((0.0, 1.0), (1.0, -1.0)):
+            ref = at(end)
+            gaps = [float((at(end + sign * eps) - ref).abs().max()) for eps in (1e-3, 1e-4, 1e-5, 1e-6)]
+            shrinking = all(b <= 0.2 * a + 1e-6 for a, b in zip(gaps, gaps[1:]))
+            rel_last = gaps[-1] / max(float(ref.abs().max()), 1e-12)
+            if not shrinking or rel_last > 1e-3:
+                gap_txt = ", ".join(f"{g:.2e}" for g in gaps)
+                problems.append(f"near beta={end}: gaps at distance 1e-3..1e-6 = [{gap_txt}]")
+        fkl = get_objective("onpolicy_fkl")()
+        rkl = get_objective("onpolicy_rkl")()
+        if not torch.equal(at(0.0), _per_token(fkl, {}, s, t, y).detach().double()):
+            problems.append("beta=0 is not exactly forward KL")
+        if not torch.equal(at(1.0), _per_token(rkl, {}, s, t, y).detach().double()):
+            problems.append("beta=1 is not exactly reverse KL")
+        return _result(name, problems)
+
+    return _guard(name, run)
+
+
+def _extra_checks(obj: Objective) -> list[Callable[[Objective], CheckResult]]:
+    from objectives.gkd import GKD
+    from objectives.veto import Veto
+
+    if isinstance(obj, Veto):
+        return [check_veto_beta0_equals_kl, check_veto_forward_gradient]
+    if isinstance(obj, GKD):
+        return [check_gkd_continuity]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference formulas for the built-ins (fp64, deliberately naive and independent)
+# ---------------------------------------------------------------------------------------------
+def _ref_ce(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
+    probs = torch.softmax(s, -1)
+    return -torch.log(probs[torch.arange(len(y)), y])
+
+
+def _kl_naive(p: Tensor, q: Tensor) -> Tensor:
+    return (p * (torch.log(p) - torch.log(q))).sum(-1)
+
+
+def _ref_fkl(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
+    return _kl_naive(torch.softmax(t, -1), torch.softmax(s, -1))
+
+
+def _ref_rkl(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
+    return _kl_naive(torch.softmax(s, -1), torch.softmax(t, -1))
+
+
+def _ref_gkd(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
+    beta = obj.params.beta
+    ps, pt = torch.softmax(s, -1), torch.softmax(t, -1)
+    if beta == 0:
+        return _kl_naive(pt, ps)
+    if beta == 1:
+        return _kl_naive(ps, pt)
+    m = beta * pt + (1 - beta) * ps
+    return (beta * _kl_naive(pt, m) + (1 - beta) * _kl_naive(ps, m)) / (beta * (1 - beta))
+
+
+def _ref_skew_kl(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
+    a = obj.params.alpha
+    ps, pt = torch.softmax(s, -1), torch.softmax(t, -1)
+    return _kl_naive(pt, a * pt + (1 - a) * ps)
+
+
+def _ref_skew_rkl(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
+    a = obj.params.alpha
+    ps, pt = torch.softmax(s, -1), torch.softmax(t, -1)
+    return _kl_naive(ps, a * ps + (1 - a) * pt)
+
+
+def _ref_tvd(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
+    return 0.5 * (torch.softmax(t, -1) - torch.softmax(s, -1)).abs().sum(-1)
+
+
+def _ref_veto(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
+    beta = sched.get("beta", obj.params.beta_start)
+    ps = torch.softmax(s, -1)
+    q = torch.softmax(torch.log(torch.softmax(t, -1)) + beta * torch.log(ps).detach(), -1)
+    if obj.params.direction == "forward":
+        return _kl_naive(q, ps)
+    return _kl_naive(ps, q)
+
+
+def _ref_onpolicy_pg(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
+    rows = torch.arange(len(y))
+    ps, pt = torch.softmax(s, -1), torch.softmax(t, -1)
+    log_ps_y, log_pt_y = torch.log(ps[rows, y]), torch.log(pt[rows, y])
+    baseline = -_kl_naive(ps, pt).detach() if obj.params.baseline == "closed_form" else 0.0
+    reward = (log_pt_y - log_ps_y).detach()
+    return -(reward - baseline) * log_ps_y
+
+
+REFERENCE_LOSSES: dict[str, Reference] = {
+    "sft": _ref_ce,
+    "seqkd": _ref_ce,
+    "supervised_kd": _ref_fkl,
+    "onpolicy_fkl": _ref_fkl,
+    "onpolicy_rkl": _ref_rkl,
+    "gkd": _ref_gkd,
+    "skew_kl": _ref_skew_kl,
+    "skew_rkl": _ref_skew_rkl,
+    "tvd": _ref_tvd,
+    "veto": _ref_veto,
+    "onpolicy_pg": _ref_onpolicy_pg,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------
+def _resolve(objective: type[Objective] | Objective | str, params: Mapping[str, Any] | None) -> Objective:
+    if isinstance(objective, Objective):
+        if params is not None:
+            raise ObjectiveError("pass params with an objective class or name, not with an instance")
+        return objective
+    cls = get_objective(objective) if isinstance(objective, str) else objective
+    return cls(params)
+
+
+def run_conformance(
+    objective: type[Objective] | Objective | str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    reference: Reference | None = None,
+    memory: bool = True,
+) -> list[CheckResult]:
+    """Run every applicable check on ``objective`` (class, registered name or instance)."""
+    obj = _resolve(objective, params)
+    checks: list[Callable[[Objective], CheckResult]] = [
+        check_contract,
+        check_zero_at_match,
+        check_direction,
+        check_chunked_matches_dense,
+        check_accumulation,
+        check_bf16,
+        lambda o: check_reference(o, reference),
+    ]
+    if memory:
+        checks.append(check_chunked_memory)
+    checks.extend(_extra_checks(obj))
+    return [check(obj) for check in checks]
+
+
+def assert_conformant(
+    objective: type[Objective] | Objective | str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    reference: Reference | None = None,
+    memory: bool = True,
+) -> list[CheckResult]:
+    """``run_conformance`` and raise ``AssertionError`` listing every failed check."""
+    results = run_conformance(objective, params, reference=reference, memory=memory)
+    failed = [r for r in results if r.failed]
+    if failed:
+        raise AssertionError("objective is not conformant:\n" + "\n".join(str(r) for r in failed))
+    return results

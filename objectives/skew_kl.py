@@ -1,0 +1,43 @@
+"""``skew_kl``: skew forward KL on student-generated sequences.
+
+loss_t = KL(p_T || α·p_T + (1−α)·p_S). Bounded by −log α, so a student that misses teacher mass
+gets a large but finite loss; α = 0 is forward KL.
+Reference: Ko et al., "DistiLLM: Towards Streamlined Distillation for Large Language Models",
+ICML 2024.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from torch import Tensor
+
+from objectives import divergences as D
+from objectives._common import student_logp, teacher_logp
+from objectives.base import (
+    LossChunk,
+    Objective,
+    ObjectiveParams,
+    SequenceSource,
+    TeacherSignal,
+    register_objective,
+)
+
+
+class SkewParams(ObjectiveParams):
+    alpha: float = Field(0.1, ge=0.0, lt=1.0, description="skew: weight of the first distribution in the mixture")
+
+
+@register_objective
+class SkewKL(Objective):
+    """Forward KL to a teacher/student mixture."""
+
+    name = "skew_kl"
+    description = "Skew KL(p_T || α·p_T + (1−α)·p_S) on student-generated responses (DistiLLM)."
+    Params = SkewParams
+    source = SequenceSource.STUDENT
+    teacher_signal = TeacherSignal.FULL_LOGITS
+    divergence_direction = "forward"
+    params: SkewParams
+
+    def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
+        return D.skew_kl(teacher_logp(chunk, self.name), student_logp(chunk), self.params.alpha)

@@ -1,0 +1,31 @@
+"""``skew_rkl``: skew reverse KL on student-generated sequences.
+
+loss_t = KL(p_S || α·p_S + (1−α)·p_T); α = 0 is reverse KL.
+Reference: Ko et al., "DistiLLM: Towards Streamlined Distillation for Large Language Models",
+ICML 2024.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from objectives import divergences as D
+from objectives._common import student_logp, teacher_logp
+from objectives.base import LossChunk, Objective, SequenceSource, TeacherSignal, register_objective
+from objectives.skew_kl import SkewParams
+
+
+@register_objective
+class SkewRKL(Objective):
+    """Reverse KL to a student/teacher mixture."""
+
+    name = "skew_rkl"
+    description = "Skew reverse KL(p_S || α·p_S + (1−α)·p_T) on student-generated responses (DistiLLM)."
+    Params = SkewParams
+    source = SequenceSource.STUDENT
+    teacher_signal = TeacherSignal.FULL_LOGITS
+    divergence_direction = "reverse"
+    params: SkewParams
+
+    def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
+        return D.skew_rkl(teacher_logp(chunk, self.name), student_logp(chunk), self.params.alpha)
