@@ -111,9 +111,13 @@ class ObjectiveConfig(StrictModel):
 
     @model_validator(mode="after")
     def _validate_against_registry(self) -> "ObjectiveConfig":
+        from harness.errors import ObjectiveError
         from objectives.base import build_objective  # late import: the registry imports plugins
 
-        build_objective(self.name, self.params)  # raises ObjectiveError with field path and range
+        try:
+            build_objective(self.name, self.params)
+        except ObjectiveError as err:  # re-raised as ValueError so pydantic prefixes the field path
+            raise ValueError(str(err)) from None
         return self
 
     def display_name(self) -> str:

@@ -296,20 +296,14 @@ class SuiteRunner:
         return {"dialogsum": summaries}
 
 
-def stability_summary(telemetry_path: Path, spike_factor: float = 3.0) -> dict[str, Any]:
-    """Grad-norm max, spikes (> spike_factor x running median of earlier steps) and non-finite steps."""
-    import statistics
-
+def stability_summary(telemetry_path: Path) -> dict[str, Any]:
+    """Grad-norm max, spikes (the report's rule: `harness.report.stats.grad_norm_spikes`) and non-finite steps."""
     from harness.io import read_jsonl
+    from harness.report.stats import grad_norm_spikes
 
     rows = read_jsonl(telemetry_path)
     norms = [r["grad_norm"] for r in rows if isinstance(r.get("grad_norm"), (int, float))]
-    spikes = 0
-    for i in range(1, len(norms)):
-        med = statistics.median(norms[:i])
-        if med > 0 and norms[i] > spike_factor * med:
-            spikes += 1
-    return {"grad_norm_max": max(norms) if norms else None, "grad_norm_spikes": spikes,
+    return {"grad_norm_max": max(norms) if norms else None, "grad_norm_spikes": grad_norm_spikes(norms),
             "nonfinite_steps": sum(1 for r in rows if r.get("nonfinite")), "steps": len(rows)}
 
 

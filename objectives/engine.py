@@ -99,8 +99,18 @@ def make_loss_chunk(
     return LossChunk(student_logits=s, teacher_logits=t_logits, targets=targets, teacher_target_logprobs=t_lp)
 
 
+def _compute_dtype(hidden: Tensor) -> torch.dtype:
+    """dtype for LM-head logits: the active autocast dtype if autocast is on, else the hidden dtype."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return hidden.dtype
+
+
 def _per_token(objective: Objective, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
-    loss = objective.per_token_loss(chunk, sched)
+    # Objectives compute in fp32 even when the caller runs under autocast.
+    with torch.autocast(chunk.student_logits.device.type, enabled=False):
+        loss = objective.per_token_loss(chunk, sched)
     if not isinstance(loss, Tensor) or loss.shape != (chunk.n_tokens,):
         shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
         raise ObjectiveError(
@@ -175,6 +185,8 @@ class _ChunkPlan:
     teacher_weight: Tensor | None
     teacher_bias: Tensor | None
     teacher_target_logprobs: Tensor | None
+    student_compute_dtype: torch.dtype
+    teacher_compute_dtype: torch.dtype | None
     targets: Tensor
     chunk_size: int
     need_hidden: bool
@@ -189,8 +201,8 @@ def _run_chunks(
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Loop over position chunks; return (loss_sum, grad_hidden, grad_weight, grad_bias)."""
     n = hidden.shape[0]
-    compute_dtype = hidden.dtype
-    # Head in the hidden dtype (as autocast would do); a no-op in the usual same-dtype case.
+    compute_dtype = plan.student_compute_dtype
+    # Head in the compute dtype; a no-op in the usual same-dtype case.
     w = weight.detach().to(compute_dtype)
     b = bias.detach().to(compute_dtype) if bias is not None else None
     any_grad = plan.need_hidden or plan.need_weight or plan.need_bias
@@ -212,13 +224,13 @@ def _run_chunks(
         if have_teacher_logits:
             with torch.no_grad():
                 th = plan.teacher_hidden[start:end]
-                tw = plan.teacher_weight.to(th.dtype)
-                tb = plan.teacher_bias.to(th.dtype) if plan.teacher_bias is not None else None
-                t_logits = D.upcast(F.linear(th, tw, tb))
+                t_dtype = plan.teacher_compute_dtype
+                tb = plan.teacher_bias.to(t_dtype) if plan.teacher_bias is not None else None
+                t_logits = D.upcast(F.linear(th.to(t_dtype), plan.teacher_weight.to(t_dtype), tb))
         t_lp = plan.teacher_target_logprobs[start:end] if plan.teacher_target_logprobs is not None else None
 
         with torch.no_grad():
-            logits = F.linear(h, w, b)
+            logits = F.linear(h.to(compute_dtype), w, b)
         # fp32 leaf: the objective's graph lives only inside this chunk.
         logits32 = D.upcast(logits).detach().requires_grad_(any_grad)
         with torch.enable_grad():
@@ -241,12 +253,13 @@ def _run_chunks(
             g = g_logits.to(compute_dtype)  # d loss / d logits, [C, V]
             del g_logits
             if grad_hidden is not None:
-                grad_hidden[start:end] = g @ w
+                grad_hidden[start:end] = (g @ w).to(grad_hidden.dtype)
             if grad_w is not None:
+                hc = h.to(compute_dtype)
                 if compute_dtype == torch.float32:
-                    grad_w.addmm_(g.t(), h)
+                    grad_w.addmm_(g.t(), hc)
                 else:
-                    grad_w += (g.t() @ h).float()
+                    grad_w += (g.t() @ hc).float()
             if grad_b is not None:
                 grad_b += g.sum(0, dtype=torch.float32)
             del g
@@ -328,6 +341,8 @@ def chunked_loss(
         )
 
     grad_on = torch.is_grad_enabled()
+    # Logits use the autocast dtype if autocast is on (as the dense path would); the loss itself
+    # then runs with autocast off, in fp32.
     plan = _ChunkPlan(
         objective=objective,
         sched=sched,
@@ -335,15 +350,18 @@ def chunked_loss(
         teacher_weight=t_weight,
         teacher_bias=t_bias,
         teacher_target_logprobs=teacher_target_logprobs.detach() if teacher_target_logprobs is not None else None,
+        student_compute_dtype=_compute_dtype(student_hidden),
+        teacher_compute_dtype=_compute_dtype(teacher_hidden) if teacher_hidden is not None else None,
         targets=targets,
         chunk_size=chunk_size,
         need_hidden=grad_on and student_hidden.requires_grad,
         need_weight=grad_on and weight.requires_grad,
         need_bias=grad_on and bias is not None and bias.requires_grad,
     )
-    if plan.need_hidden or plan.need_weight or plan.need_bias:
-        loss_sum = _ChunkedLossFunction.apply(student_hidden, weight, bias, plan)
-    else:
-        with torch.no_grad():
-            loss_sum, *_ = _run_chunks(plan, student_hidden, weight, bias)
+    with torch.autocast(student_hidden.device.type, enabled=False):
+        if plan.need_hidden or plan.need_weight or plan.need_bias:
+            loss_sum = _ChunkedLossFunction.apply(student_hidden, weight, bias, plan)
+        else:
+            with torch.no_grad():
+                loss_sum, *_ = _run_chunks(plan, student_hidden, weight, bias)
     return LossResult(loss_sum=loss_sum, n_tokens=n, entropy_sum=plan.entropy_sum, kl_sum=plan.kl_sum)

@@ -23,6 +23,9 @@ from objectives.base import (
 )
 
 
+SKEW_DIRECTION_MAX_ALPHA = 0.1  # largest α for which a KL direction is claimed (checked by the kit)
+
+
 class SkewParams(ObjectiveParams):
     alpha: float = Field(0.1, ge=0.0, lt=1.0, description="skew: weight of the first distribution in the mixture")
 
@@ -36,8 +39,13 @@ class SkewKL(Objective):
     Params = SkewParams
     source = SequenceSource.STUDENT
     teacher_signal = TeacherSignal.FULL_LOGITS
-    divergence_direction = "forward"
     params: SkewParams
+
+    @property
+    def divergence_direction(self) -> str | None:  # type: ignore[override]
+        # With a small skew the loss keeps the forward KL's asymmetry; a large α makes the
+        # mixture dominate and the asymmetry fades, so no direction is claimed then.
+        return "forward" if self.params.alpha <= SKEW_DIRECTION_MAX_ALPHA else None
 
     def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
         return D.skew_kl(teacher_logp(chunk, self.name), student_logp(chunk), self.params.alpha)

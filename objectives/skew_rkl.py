@@ -12,7 +12,7 @@ from torch import Tensor
 from objectives import divergences as D
 from objectives._common import student_logp, teacher_logp
 from objectives.base import LossChunk, Objective, SequenceSource, TeacherSignal, register_objective
-from objectives.skew_kl import SkewParams
+from objectives.skew_kl import SKEW_DIRECTION_MAX_ALPHA, SkewParams
 
 
 @register_objective
@@ -24,8 +24,13 @@ class SkewRKL(Objective):
     Params = SkewParams
     source = SequenceSource.STUDENT
     teacher_signal = TeacherSignal.FULL_LOGITS
-    divergence_direction = "reverse"
     params: SkewParams
+
+    @property
+    def divergence_direction(self) -> str | None:  # type: ignore[override]
+        # With a small skew the loss keeps the reverse KL's asymmetry; a large α makes the
+        # mixture dominate and the asymmetry fades, so no direction is claimed then.
+        return "reverse" if self.params.alpha <= SKEW_DIRECTION_MAX_ALPHA else None
 
     def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
         return D.skew_rkl(teacher_logp(chunk, self.name), student_logp(chunk), self.params.alpha)

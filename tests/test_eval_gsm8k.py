@@ -14,6 +14,7 @@ from harness.evaluation.gsm8k import (
     extract_answer_with_rule,
     gold_answer,
     load_rules,
+    score_gsm8k,
 )
 
 
@@ -75,6 +76,20 @@ def test_gold_answer_reads_marker() -> None:
     assert gold_answer("...\n#### 1,000") == "1000"
     with pytest.raises(ValueError, match="no final answer"):
         gold_answer("no number at all")
+
+
+def test_score_gsm8k_rows_and_accuracy() -> None:
+    records = [
+        {"id": "a", "prompt": "Q1", "output": "3 + 4 = 7\n#### 7", "target": "blah\n#### 7"},
+        {"id": "b", "prompt": "Q2", "output": "The answer is 18.0.", "target": "18"},
+        {"id": "c", "prompt": "Q3", "output": "I do not know", "target": "5"},
+    ]
+    aggregate, rows = score_gsm8k(records)
+    assert aggregate["accuracy"] == pytest.approx(2 / 3) and aggregate["n"] == 3
+    assert [r["correct"] for r in rows] == [True, True, False]
+    assert rows[0] == {"id": "a", "prompt": "Q1", "output": "3 + 4 = 7\n#### 7", "extracted": "7",
+                       "rule": "hash_marker", "target": "7", "correct": True}
+    assert rows[2]["extracted"] is None
 
 
 def test_patterns_are_data_in_yaml(tmp_path) -> None:

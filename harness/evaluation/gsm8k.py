@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
@@ -89,6 +89,29 @@ def gold_answer(answer_field: str) -> str:
     if found is None:
         raise ValueError(f"no final answer (`#### N`) in GSM8K answer field: {answer_field[-80:]!r}")
     return found
+
+
+def score_gsm8k(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score generations; each record has `id`, `prompt`, `output` and `target` (canonical or `#### N`).
+
+    Returns (aggregate {accuracy, n, protocol}, rows {id, prompt, output, extracted, rule, target, correct}),
+    the layout of DESIGN.md's gsm8k results.
+    """
+    rows = []
+    for rec in records:
+        target = str(rec["target"])
+        target = gold_answer(target) if "####" in target else normalize_number(target)
+        extracted, rule = extract_answer_with_rule(rec["output"])
+        rows.append({"id": rec["id"], "prompt": rec.get("prompt", ""), "output": rec["output"],
+                     "extracted": extracted, "rule": rule, "target": target,
+                     "correct": answers_match(extracted, target)})
+    n = len(rows)
+    aggregate = {
+        "accuracy": sum(r["correct"] for r in rows) / n if n else float("nan"),
+        "n": n,
+        "protocol": {"extraction": [p.name for p in load_rules().patterns], "comparison": "exact rational"},
+    }
+    return aggregate, rows
 
 
 def answers_match(pred: str | None, target: str | None) -> bool:

@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from harness.evaluation.code_clean import clean_completion, humaneval_program
+from harness.evaluation.code_clean import humaneval_program
 from harness.evaluation.passk import pass_at_k
 from harness.evaluation.sandbox import SandboxLimits, run_many, sandbox_capabilities
 
@@ -118,4 +118,4 @@ def _confinement(results: Sequence, limits: SandboxLimits) -> dict:
     return caps
 
 
-__all__ = ["evaluate_humaneval", "load_humaneval_problems", "clean_completion", "DEFAULT_K"]
+__all__ = ["evaluate_humaneval", "load_humaneval_problems", "DEFAULT_K"]

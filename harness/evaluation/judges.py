@@ -79,8 +79,9 @@ _TIE_PHRASE = re.compile(r"(?i)\b(?:a tie|equally (?:good|bad)|both (?:summaries
 def parse_verdict(reply: str | None) -> Verdict:
     """Map a judge's free-text reply to a verdict; anything ambiguous is "malformed".
 
-    Accepted: a one-token reply (any case), a reply that starts with A / B / tie (optionally after "Summary", "Verdict:" ...,
-    markdown emphasis or brackets), "[[A]]", "Verdict: B", "Summary A is better", "it's a tie".
+    Accepted: a one-token reply (any case); a reply that starts with A / B / tie (optionally after
+    "Summary", "Verdict:" ..., markdown emphasis or brackets) unless a later declaration contradicts
+    it; "[[A]]", "Verdict: B", "Summary A is better", "it's a tie".
     A and B must be upper-case outside those forms so that the article "a" is never read as a vote.
     """
     if not reply or not reply.strip():
@@ -91,12 +92,13 @@ def parse_verdict(reply: str | None) -> Verdict:
         return _canonical(single.group(1).upper() if len(single.group(1)) == 1 else single.group(1))
     first_line = text.splitlines()[0]
     names_both = re.search(r"\bA\b", first_line) and re.search(r"\bB\b", first_line)
-    for pattern in (_LEADING, _BRACKETED, _DECLARED, _IS_BETTER):
+    declared = {_canonical(m.group(1)) for p in (_BRACKETED, _DECLARED) for m in p.finditer(text)}
+    leading = _LEADING.match(text)
+    if leading and not names_both:  # "A and B ..." is not a vote for A
+        verdict = _canonical(leading.group(1))
+        return verdict if declared <= {verdict} else "malformed"  # "Verdict: A ... Final answer: B"
+    for pattern in (_BRACKETED, _DECLARED, _IS_BETTER):
         found = {_canonical(m.group(1)) for m in pattern.finditer(text)}
-        if pattern is _LEADING:
-            if found and not names_both:  # "A and B ..." is not a vote for A
-                return found.pop()
-            continue
         if len(found) == 1:
             return found.pop()
         if len(found) > 1:

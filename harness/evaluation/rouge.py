@@ -6,15 +6,18 @@ Per prediction, each ROUGE variant's F-measure is the maximum over that example'
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from rouge_score import rouge_scorer
+if TYPE_CHECKING:
+    from rouge_score import rouge_scorer
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
 def make_scorer(use_stemmer: bool = True) -> rouge_scorer.RougeScorer:
     """A scorer for ROUGE-1/2/L; Porter stemming as in the usual summarisation setup."""
+    from rouge_score import rouge_scorer  # imported lazily: it pulls in nltk (~1 s)
+
     return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
 
 

@@ -39,7 +39,6 @@ from typing import Literal, Sequence
 ExecStatus = Literal["passed", "failed", "timeout", "error", "killed"]
 
 _CHILD = Path(__file__).with_name("_sandbox_child.py")
-_SETUP_ERROR = 120  # keep in sync with _sandbox_child.SETUP_ERROR
 _MIB = 1024 * 1024
 
 
@@ -87,12 +86,15 @@ def run_program(program: str, timeout_s: float = 5.0, limits: SandboxLimits | No
     limits = limits or SandboxLimits()
     start = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="distill-sbx-")
-    uid = _UID_POOL.acquire(limits.uid_base) if (limits.drop_privileges and os.geteuid() == 0) else None
+    uid: int | None = None
     proc: subprocess.Popen | None = None
     report_r = -1
     try:
+        if limits.drop_privileges and os.geteuid() == 0:
+            uid = _UID_POOL.acquire(limits.uid_base)
         program_path = os.path.join(workdir, "program.py")
-        with open(program_path, "w", encoding="utf-8") as fh:
+        # errors="replace": a lone surrogate in decoded model output must not crash the harness
+        with open(program_path, "w", encoding="utf-8", errors="replace") as fh:
             fh.write(program)
         if uid is not None:
             os.chown(workdir, uid, uid)
@@ -127,6 +129,9 @@ def run_program(program: str, timeout_s: float = 5.0, limits: SandboxLimits | No
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
         if report_r >= 0:
             os.close(report_r)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -235,7 +240,8 @@ def _drain(proc: subprocess.Popen, deadline: float, cap: int, uid: int | None) -
         sel.close()
     if timed_out and proc.poll() is None:
         proc.kill()
-    return bytes(bufs[proc.stdout.fileno()]), bytes(bufs[proc.stderr.fileno()]), truncated, timed_out  # type: ignore[union-attr]
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()  # type: ignore[union-attr]
+    return bytes(bufs[out_fd]), bytes(bufs[err_fd]), truncated, timed_out
 
 
 def _proc_table() -> list[tuple[int, int, int, str, tuple[int, ...]]]:

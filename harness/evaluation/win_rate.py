@@ -56,11 +56,13 @@ def pairwise_win_rate(
         else:
             positions = [True, False]
         judgements, scores = [], []
+        student, baseline = item["output"], item["baseline_output"]
         for student_is_a in positions:
-            a, b = (item["output"], item["baseline_output"]) if student_is_a else (item["baseline_output"], item["output"])
+            a, b = (student, baseline) if student_is_a else (baseline, student)
             verdict = judge.judge(item["dialogue"], a, b, references=tuple(item.get("references") or ()))
             outcome = outcome_for_student(verdict, student_is_a)
-            judgements.append({"student_position": "A" if student_is_a else "B", "verdict": verdict, "outcome": outcome})
+            judgements.append(
+                {"student_position": "A" if student_is_a else "B", "verdict": verdict, "outcome": outcome})
             if outcome != "malformed":
                 scores.append(_SCORE[outcome])
         score = sum(scores) / len(scores) if scores else None

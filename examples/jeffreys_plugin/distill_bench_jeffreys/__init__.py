@@ -1,0 +1,63 @@
+"""``jeffreys``: an example third-party distill-bench objective (symmetrized KL).
+
+loss_t = w·KL(p_T || p_S) + (1 − w)·KL(p_S || p_T), on student-generated sequences.
+w = 1 is forward KL, w = 0 reverse KL, w = 0.5 half the Jeffreys divergence.
+Reference: Jeffreys, "An invariant form for the prior probability in estimation problems", 1946.
+
+The objective reuses distill-bench's shared divergence math, so it gets the fp32-safe numerics
+and works unchanged in the dense and chunked loss paths.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from objectives import divergences as D
+from objectives.base import (
+    LossChunk,
+    Objective,
+    ObjectiveParams,
+    SequenceSource,
+    TeacherSignal,
+    register_objective,
+)
+
+__all__ = ["Jeffreys", "JeffreysParams", "reference"]
+
+
+class JeffreysParams(ObjectiveParams):
+    forward_weight: float = Field(0.5, ge=0.0, le=1.0, description="weight w of KL(p_T||p_S); 1 − w goes to KL(p_S||p_T)")
+
+
+@register_objective
+class Jeffreys(Objective):
+    """Weighted sum of forward and reverse KL between teacher and student."""
+
+    name = "jeffreys"
+    description = "w·KL(p_T||p_S) + (1−w)·KL(p_S||p_T) on student-generated responses (example plugin)."
+    Params = JeffreysParams
+    source = SequenceSource.STUDENT
+    teacher_signal = TeacherSignal.FULL_LOGITS
+    params: JeffreysParams
+
+    @property
+    def divergence_direction(self) -> str | None:  # type: ignore[override]
+        return {1.0: "forward", 0.0: "reverse"}.get(self.params.forward_weight)
+
+    def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
+        assert chunk.teacher_logits is not None  # guaranteed by teacher_signal = FULL_LOGITS
+        ls = D.log_probs(chunk.student_logits)
+        lt = D.log_probs(chunk.teacher_logits)
+        w = self.params.forward_weight
+        return w * D.forward_kl(lt, ls) + (1.0 - w) * D.reverse_kl(lt, ls)
+
+
+def reference(obj: Jeffreys, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, sched: dict) -> Tensor:
+    """The same loss written naively (for ``objectives.conformance.check_reference``)."""
+    ps, pt = torch.softmax(student_logits, -1), torch.softmax(teacher_logits, -1)
+    fkl = (pt * (pt.log() - ps.log())).sum(-1)
+    rkl = (ps * (ps.log() - pt.log())).sum(-1)
+    w = obj.params.forward_weight
+    return w * fkl + (1 - w) * rkl

@@ -1,0 +1,127 @@
+"""Config validation (refused before any work, with field path and hint) and the CLI surface."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.cli import main
+from harness.config import load_run_config, load_suite_config
+from harness.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+VALID_RUN = {
+    "teacher": {"name": "smollm2-135m-instruct"},
+    "student": {"derive_from": "teacher", "drop_layers": [10, 11]},
+    "task": {"name": "gsm8k"},
+    "objective": {"name": "veto", "params": {"beta_start": 0.8}},
+}
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_valid_run_config_loads(tmp_path):
+    cfg = load_run_config(_write(tmp_path, VALID_RUN))
+    assert cfg.objective.name == "veto" and cfg.train.lr == 1e-5
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda d: d["train"].update(lrr=1e-5), r"train\.lrr: unknown key"),
+        (lambda d: d["train"].update(lr="fast"), r"train\.lr: .*valid number"),
+        (lambda d: d["task"].update(name="gsm9k"), r"task\.name: .*unknown task 'gsm9k'.*did you mean 'gsm8k'"),
+        (lambda d: d["objective"].update(name="vetoo"), r"objective: .*unknown objective 'vetoo'. Did you mean 'veto'"),
+        (lambda d: d["objective"]["params"].update(beta_start=-0.5), r"(?s)objective: .*beta_start: .*greater than or equal to 0.*allowed range"),
+        (lambda d: d["task"].update(train_source="file:/nonexistent/x.jsonl"), r"task\.train_source: .*does not exist"),
+        (lambda d: d["student"].update(keep_layers=[1]), r"student: .*exactly one of `keep_layers` or `drop_layers`"),
+        (lambda d: d["train"].update(batch_size=6, micro_batch_size=4), r"batch_size \(6\) must be a multiple"),
+    ],
+)
+def test_bad_run_configs_are_refused_with_field_path(tmp_path, mutate, expected):
+    data = yaml.safe_load(yaml.safe_dump(VALID_RUN))
+    data.setdefault("train", {})
+    mutate(data)
+    with pytest.raises(ConfigError, match=expected):
+        load_run_config(_write(tmp_path, data))
+
+
+def test_overrides_are_validated_like_the_file(tmp_path):
+    path = _write(tmp_path, VALID_RUN)
+    cfg = load_run_config(path, ["train.lr=3e-5", "objective.params.direction=reverse"])
+    assert cfg.train.lr == 3e-5 and cfg.objective.params["direction"] == "reverse"
+    with pytest.raises(ConfigError, match=r"train\.lr: .*greater than 0"):
+        load_run_config(path, ["train.lr=-1"])
+    with pytest.raises(ConfigError, match="not of the form"):
+        load_run_config(path, ["train.lr"])
+
+
+def test_missing_config_file_is_clear():
+    with pytest.raises(ConfigError, match="not found"):
+        load_run_config("/nonexistent/run.yaml")
+
+
+@pytest.mark.parametrize("suite", ["smoke", "paper"])
+def test_embedded_suites_validate(suite):
+    cfg = load_suite_config(REPO / "suites" / f"{suite}.yaml")
+    names = {o.name for o in cfg.objectives}
+    assert {"sft", "supervised_kd", "onpolicy_fkl", "veto"} <= names
+    assert {t.name for t in cfg.tasks} == {"gsm8k", "humaneval", "dialogsum"}
+
+
+def test_suite_cross_checks(tmp_path):
+    raw = yaml.safe_load((REPO / "suites" / "smoke.yaml").read_text())
+    raw["sweeps"] = [{"objective": "nope", "param": "beta_start", "values": [0.3]}]
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="sweep names objective 'nope'"):
+        load_suite_config(p)
+
+
+def test_cli_help_for_every_verb():
+    for verb in ("run", "train", "eval", "report", "objectives"):
+        proc = subprocess.run([sys.executable, "-m", "harness.cli", verb, "--help"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and "usage:" in proc.stdout and len(proc.stdout) > 200, verb
+    top = subprocess.run([sys.executable, "-m", "harness.cli", "--help"], capture_output=True, text=True, timeout=60)
+    for verb in ("run", "train", "eval", "report", "objectives"):
+        assert verb in top.stdout
+
+
+def test_cli_lists_objectives(capsys):
+    assert main(["objectives"]) == 0
+    out = capsys.readouterr().out
+    for name in ("sft", "supervised_kd", "onpolicy_fkl", "onpolicy_rkl", "veto", "seqkd", "gkd", "skew_kl",
+                 "skew_rkl", "tvd", "onpolicy_pg"):
+        assert f"\n{name}\n" in "\n" + out, name
+    assert "beta_start" in out and "sequence source" in out
+
+
+def test_cli_user_error_exits_2_without_traceback(tmp_path, capsys):
+    bad = dict(VALID_RUN, bogus=1)
+    assert main(["train", str(_write(tmp_path, bad))]) == 2
+    err = capsys.readouterr().err
+    assert "bogus: unknown key" in err and "Traceback" not in err
+
+
+def test_paper_dry_run_prints_plan_offline(capsys):
+    assert main(["run", "paper", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "gsm8k__Veto__s2" in out and "total" in out
+
+
+def test_dry_run_shard_selects_a_disjoint_subset(capsys):
+    main(["run", "smoke", "--dry-run", "--shard", "1/2"])
+    a = {l.split()[0] for l in capsys.readouterr().out.splitlines() if "__" in l}
+    main(["run", "smoke", "--dry-run", "--shard", "2/2"])
+    b = {l.split()[0] for l in capsys.readouterr().out.splitlines() if "__" in l}
+    assert a and b and not (a & b)
+    assert main(["run", "smoke", "--dry-run", "--shard", "3/2"]) == 2

@@ -1,0 +1,229 @@
+"""The conformance kit passes every registered objective and catches deliberately broken ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from objectives import conformance as C
+from objectives import divergences as D
+from objectives.base import (
+    LossChunk,
+    Objective,
+    SequenceSource,
+    TeacherSignal,
+    get_objective,
+    list_objectives,
+)
+from objectives.conformance import single_threaded
+from objectives.veto import Veto
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to CPU contention."""
+    with single_threaded():
+        yield
+
+ALL = [cls.name for cls in list_objectives()]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_registered_objective_is_conformant(name: str) -> None:
+    results = C.assert_conformant(name)
+    by_name = {r.name: r for r in results}
+    assert by_name["chunked_matches_dense"].status == "pass"
+    assert by_name["chunked_memory"].status == "pass"
+    if name in C.REFERENCE_LOSSES:
+        assert by_name["reference_gradient"].status == "pass"
+    if get_objective(name).teacher_signal is not TeacherSignal.NONE:
+        assert by_name["zero_at_match"].status == "pass"
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("veto", {"direction": "reverse"}),
+        ("veto", {"beta_start": 2.0, "beta_end": 0.5, "beta_schedule": "cosine"}),
+        ("gkd", {"beta": 0.0, "lmbda": 1.0}),
+        ("gkd", {"beta": 1.0, "seq_kd": True}),
+        ("gkd", {"beta": 0.9}),
+        ("onpolicy_pg", {"baseline": "none"}),
+        ("skew_kl", {"alpha": 0.0}),
+        ("skew_rkl", {"alpha": 0.5}),
+        ("skew_kl", {"alpha": 0.9}),
+    ],
+)
+def test_parameter_variants_are_conformant(name: str, params: dict) -> None:
+    C.assert_conformant(name, params, memory=False)
+
+
+def test_directions_are_checked_where_they_apply() -> None:
+    expectations = {"onpolicy_fkl": "forward", "supervised_kd": "forward", "skew_kl": "forward",
+                    "onpolicy_rkl": "reverse", "skew_rkl": "reverse", "veto": "forward"}
+    for name, direction in expectations.items():
+        obj = get_objective(name)()
+        assert obj.divergence_direction == direction
+        result = C.check_direction(obj)
+        assert result.status == "pass" and result.detail.startswith(direction), result
+    assert C.check_direction(get_objective("veto")({"direction": "reverse"})).status == "pass"
+    assert C.check_direction(get_objective("gkd")({"beta": 1.0})).status == "pass"
+    assert C.check_direction(get_objective("tvd")()).status == "skip"
+
+
+# --- the kit must fail broken objectives ---------------------------------------------------------------
+def _lp(chunk: LossChunk) -> tuple[torch.Tensor, torch.Tensor]:
+    assert chunk.teacher_logits is not None
+    return D.log_probs(chunk.teacher_logits), D.log_probs(chunk.student_logits)
+
+
+class _Base(Objective):
+    description = "broken on purpose"
+    source = SequenceSource.STUDENT
+    teacher_signal = TeacherSignal.FULL_LOGITS
+
+
+class BatchMean(_Base):
+    """Mixes rows: every position gets the chunk's mean loss scaled by chunk size."""
+
+    name = "broken_batch_mean"
+
+    def per_token_loss(self, chunk, sched):
+        per = D.forward_kl(*_lp(chunk))
+        return per / per.detach().mean().clamp_min(1e-3)
+
+
+class Bf16Math(_Base):
+    """Computes in bf16 internally."""
+
+    name = "broken_bf16"
+
+    def per_token_loss(self, chunk, sched):
+        t = torch.log_softmax(chunk.teacher_logits.bfloat16(), -1)
+        s = torch.log_softmax(chunk.student_logits.bfloat16(), -1)
+        return (t.exp() * (t - s)).sum(-1).float()
+
+
+class WrongDirection(_Base):
+    """Claims forward but computes reverse KL."""
+
+    name = "broken_direction"
+    divergence_direction = "forward"
+
+    def per_token_loss(self, chunk, sched):
+        return D.reverse_kl(*_lp(chunk))
+
+
+class Offset(_Base):
+    """Not zero at the teacher."""
+
+    name = "broken_offset"
+
+    def per_token_loss(self, chunk, sched):
+        return D.forward_kl(*_lp(chunk)) + 0.1 * torch.log_softmax(chunk.student_logits, -1)[:, 0].exp()
+
+
+class BadMix(_Base):
+    name = "broken_mix"
+
+    def source_mix(self, progress):
+        return {SequenceSource.STUDENT: 0.5, SequenceSource.TEACHER: 0.4}
+
+    def per_token_loss(self, chunk, sched):
+        return D.forward_kl(*_lp(chunk))
+
+
+class NaiveNegative(_Base):
+    """Naive Σ p(log p − log q) in fp32 on upcast bf16 logits: can dip below zero."""
+
+    name = "broken_naive"
+
+    def per_token_loss(self, chunk, sched):
+        t, s = _lp(chunk)
+        return (t.exp() * (t - s)).sum(-1)
+
+
+class VetoWithoutStopGrad(Veto):
+    """Lets the gradient flow through the target q."""
+
+    name = "broken_veto"
+
+    def target_logp(self, teacher_lp, student_lp, beta):
+        return torch.log_softmax(teacher_lp + beta * student_lp, -1)
+
+
+def _status(results: list[C.CheckResult]) -> dict[str, str]:
+    return {r.name: r.status for r in results}
+
+
+def test_kit_catches_row_mixing() -> None:
+    status = _status(C.run_conformance(BatchMean, memory=False))
+    assert status["accumulation"] == "fail"
+    assert status["chunked_matches_dense"] == "fail"
+
+
+def test_kit_catches_bf16_math() -> None:
+    assert C.check_bf16(Bf16Math()).status == "fail"
+
+
+def test_kit_catches_a_wrong_direction_and_nonzero_optimum() -> None:
+    assert C.check_direction(WrongDirection()).status == "fail"
+    assert C.check_zero_at_match(Offset()).status == "fail"
+
+
+def test_kit_catches_a_bad_source_mix() -> None:
+    result = C.check_contract(BadMix())
+    assert result.status == "fail" and "sum to 1" in result.detail
+
+
+def test_kit_catches_a_wrong_gradient_against_the_reference() -> None:
+    result = C.check_reference(WrongDirection(), reference=C.REFERENCE_LOSSES["onpolicy_fkl"])
+    assert result.status == "fail"
+    assert C.check_reference(WrongDirection()).status == "skip"  # no reference known for it
+
+
+def test_kit_catches_veto_without_stop_gradient() -> None:
+    broken = VetoWithoutStopGrad()
+    assert C.check_veto_forward_gradient(broken).status == "fail"
+    assert C.check_reference(broken, reference=C.REFERENCE_LOSSES["veto"]).status == "fail"
+
+
+def test_naive_kl_formula_can_go_negative_where_ours_cannot() -> None:
+    # Documents why divergences.py uses the termwise-nonnegative form.
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(512, 2048, generator=g) * 3
+    t = (base + 1e-3 * torch.randn(512, 2048, generator=g)).bfloat16().float().log_softmax(-1)
+    s = base.bfloat16().float().log_softmax(-1)
+    naive = (t.exp() * (t - s)).sum(-1)
+    ours = D.forward_kl(t, s)
+    assert float(ours.min()) >= 0
+    assert float(naive.min()) < 0 or pytest.skip("naive formula happened to stay ≥ 0 on this platform")
+    assert C.check_bf16(NaiveNegative()).status in ("fail", "pass")  # the kit's own cases are smaller
+
+
+def test_kit_catches_an_engine_that_does_not_save_memory(monkeypatch) -> None:
+    def fake_chunked(objective, sched, hidden, head, t_hidden, t_head, targets, chunk_size=1024, **kw):
+        from objectives.engine import dense_loss
+
+        return dense_loss(objective, sched, head(hidden), t_head(t_hidden).detach(), targets)
+
+    monkeypatch.setattr(C, "chunked_loss", fake_chunked)
+    result = C.check_chunked_memory(get_objective("onpolicy_fkl")())
+    assert result.status == "fail", result
+
+
+def test_crashing_objective_is_a_failed_check_not_an_exception() -> None:
+    class Crash(_Base):
+        name = "broken_crash"
+
+        def per_token_loss(self, chunk, sched):
+            raise RuntimeError("kaboom")
+
+    results = C.run_conformance(Crash, memory=False)
+    assert any(r.status == "fail" and "kaboom" in r.detail for r in results)
+    with pytest.raises(AssertionError, match="kaboom"):
+        C.assert_conformant(Crash, memory=False)
+
+
+def test_check_result_rendering() -> None:
+    assert str(C.CheckResult("x", "fail", "why")) == "[FAIL] x: why"
+    assert not C.CheckResult("x", "skip").failed
