@@ -130,9 +130,8 @@ def _eval_gsm8k(backend, examples, prompts, task_def, cfg: EvalConfig, model, to
 
 
 def _eval_humaneval(backend, examples, prompts, task_def, cfg: EvalConfig, seed: int):
-    from harness.evaluation.code_clean import build_program
     from harness.evaluation.diversity import distinct_n, self_bleu
-    from harness.evaluation.sandbox import SandboxLimits, evaluate_humaneval
+    from harness.evaluation.humaneval import evaluate_humaneval
 
     he = cfg.humaneval
     params = GenerationParams(max_new_tokens=he.max_new_tokens, temperature=he.temperature, top_p=he.top_p,
@@ -144,14 +143,14 @@ def _eval_humaneval(backend, examples, prompts, task_def, cfg: EvalConfig, seed:
     for i, ex in enumerate(examples):
         samples = [o.text for o in outs[i * he.n_samples : (i + 1) * he.n_samples]]
         lengths += [len(o.token_ids) for o in outs[i * he.n_samples : (i + 1) * he.n_samples]]
-        problems.append(ex.meta)
+        problems.append({"task_id": ex.meta["task_id"], "prompt": ex.meta["code_prompt"], "test": ex.meta["test"],
+                         "entry_point": ex.meta["entry_point"]})
         completions.append(samples)
         d1.append(distinct_n(samples, 1))
         d2.append(distinct_n(samples, 2))
         if len(samples) > 1:
             sb.append(self_bleu(samples))
-    limits = SandboxLimits(timeout_s=he.timeout_s)
-    agg, rows = evaluate_humaneval(problems, completions, k_list=he.k, workers=he.workers, limits=limits)
+    agg, rows = evaluate_humaneval(problems, completions, k_list=he.k, workers=he.workers, timeout_s=he.timeout_s)
     agg["distinct_1"] = sum(d1) / len(d1) if d1 else None
     agg["distinct_2"] = sum(d2) / len(d2) if d2 else None
     agg["self_bleu"] = sum(sb) / len(sb) if sb else None
@@ -178,15 +177,15 @@ def build_judge(cfg: EvalConfig, references_by_dialogue: dict[str, list[str]] | 
 
 
 def _eval_dialogsum(backend, examples, prompts, task_def, cfg: EvalConfig, baseline: dict[str, str] | None, seed: int):
-    from harness.evaluation.judges import pairwise_win_rate
-    from harness.evaluation.rouge import multi_reference_rouge
+    from harness.evaluation.rouge import rouge_scores
+    from harness.evaluation.win_rate import pairwise_win_rate
 
     ds = cfg.dialogsum
     params = dialogsum_params(task_def, cfg)
     outs = backend.generate(prompts, params)
     preds = [o.text.strip() for o in outs]
     refs = [list(ex.references) for ex in examples]
-    rouge_rows = multi_reference_rouge(preds, refs)
+    _, rouge_rows = rouge_scores(preds, refs)
     rows = []
     items = []
     for ex, pred, rr, out in zip(examples, preds, rouge_rows, outs):
@@ -197,8 +196,8 @@ def _eval_dialogsum(backend, examples, prompts, task_def, cfg: EvalConfig, basel
         rows.append({"id": ex.id, "output": pred, "baseline_output": base_text, "references": list(ex.references),
                      "output_tokens": len(out.token_ids), **rr})
         if base_text is not None:
-            items.append({"id": ex.id, "dialogue": ex.fields.get("dialogue", ex.prompt), "student": pred,
-                          "baseline": base_text, "references": list(ex.references)})
+            items.append({"id": ex.id, "dialogue": ex.fields.get("dialogue", ex.prompt), "output": pred,
+                          "baseline_output": base_text, "references": list(ex.references)})
     n = len(rows)
     agg: dict[str, Any] = {
         "n": n,
@@ -215,8 +214,9 @@ def _eval_dialogsum(backend, examples, prompts, task_def, cfg: EvalConfig, basel
         for r in rows:
             v = by_id.get(r["id"])
             if v is not None:
-                r["verdict"] = v["verdict"]
-                r["judge"] = {k: val for k, val in v.items() if k not in ("id", "verdict")}
+                r.update(verdict=v["verdict"], score=v["score"], judgements=v["judgements"])
+        agg["protocol"]["pairwise"] = wr.pop("protocol")
+        wr.pop("n", None)
         agg.update(wr)
     else:
         agg.update({"win_rate": None, "note": "no baseline summaries available; win-rate not computed"})

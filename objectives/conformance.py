@@ -327,11 +327,13 @@ def check_bf16(obj: Objective) -> CheckResult:
     def run() -> CheckResult:
         problems: list[str] = []
         sched = _mid_sched(obj)
-        n, v = 32, 512
+        n, v = 64, 2048
         base = _logits(n, v, 41, scale=3.0)
-        cases = {
+        noise = _logits(n, v, 42, scale=1.0)
+        cases = {  # nearly identical pairs are where a naive Σ p(log p − log q) dips below 0
             "identical": (base, base),
-            "nearly identical": (base, base + 1e-2 * _logits(n, v, 42, scale=1.0)),
+            "nearly identical": (base, base + 1e-4 * noise),
+            "close": (base, base + 1e-2 * noise),
             "different": (base, _logits(n, v, 43, scale=3.0)),
         }
         y = _targets(n, v, 44)

@@ -1,0 +1,57 @@
+"""The model-driving evaluation runner writes traceable per-example records and aggregates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.config import EvalConfig, TaskConfig
+from harness.eval_runner import evaluate_model
+from harness.io import read_json, read_jsonl
+from tests.training_helpers import load_tiny
+
+
+@pytest.fixture()
+def gsm_file(tmp_path):
+    rows = [{"question": f"What is {i} plus 1?", "answer": f"It is {i + 1}.\n#### {i + 1}"} for i in range(3)]
+    path = tmp_path / "gsm.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_evaluate_all_tasks_writes_records(tiny_model_dir, tmp_path, gsm_file):
+    model, tok = load_tiny(tiny_model_dir)
+    teacher, _ = load_tiny(tiny_model_dir, seed_offset=5)
+    cfg = EvalConfig.model_validate({
+        "batch_size": 4,
+        "gsm8k": {"max_new_tokens": 8},
+        "humaneval": {"n_samples": 2, "k": [1, 2], "max_new_tokens": 8, "timeout_s": 5},
+        "dialogsum": {"max_new_tokens": 8, "baseline": "references"},
+        "diagnostics_limit": 2,
+    })
+    tasks = [TaskConfig(name="gsm8k", eval_source=f"file:{gsm_file}"),
+             TaskConfig(name="humaneval", eval_limit=2),
+             TaskConfig(name="dialogsum", eval_source="synthetic_dialogues", eval_limit=3)]
+    res = evaluate_model(model, tok, tasks, cfg, tmp_path / "out", data_dir=None, teacher=teacher, progress=False)
+
+    g = read_json(tmp_path / "out" / "eval" / "gsm8k.json")
+    assert g["n"] == 3 and 0.0 <= g["accuracy"] <= 1.0 and g["protocol"]["prompt_template_hash"]
+    rows = read_jsonl(tmp_path / "out" / "eval" / "gsm8k.jsonl")
+    assert sorted(r["target"] for r in rows) == ["1", "2", "3"]
+    assert all({"prompt", "output", "extracted", "correct"} <= set(r) for r in rows)
+
+    h = res["humaneval"]
+    assert h["n_problems"] == 2 and h["n_samples"] == 2 and "pass@1" in h and "pass@2" in h
+    assert h["protocol"]["sandbox"]["confinement"]
+    hrows = read_jsonl(tmp_path / "out" / "eval" / "humaneval.jsonl")
+    assert all(len(r["completions"]) == 2 and r["n"] == 2 for r in hrows)
+
+    d = res["dialogsum"]
+    assert d["n"] == 3 and 0.0 <= d["rougeL"] <= 1.0
+    # Baseline = the references, judged by multi-reference ROUGE-L: the reference always wins.
+    assert d["win_rate"] == 0.0 and d["losses"] == 3
+
+    diag = res["diagnostics"]
+    assert diag["teacher_kl"] > 0 and diag["ref_ce"] > 0
+    assert set(diag["per_task"]) == {"gsm8k", "humaneval", "dialogsum"}

@@ -1,0 +1,80 @@
+"""The out-of-tree example plugin (examples/jeffreys_plugin) installs with pip and is discovered."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from objectives import base
+from objectives.base import build_objective, describe_all, discover, get_objective, list_objectives, unregister_objective
+from objectives.conformance import assert_conformant, single_threaded
+from objectives.engine import make_loss_chunk
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "jeffreys_plugin"
+
+
+@pytest.fixture(scope="module")
+def installed_plugin(tmp_path_factory) -> Path:
+    """pip-install the example into a private target directory (offline, no dependencies)."""
+    tmp = tmp_path_factory.mktemp("plugin")
+    src = tmp / "src"  # build from a copy: setuptools writes build/ and *.egg-info next to the sources
+    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    target = tmp / "site"
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+           "--disable-pip-version-check", "--quiet", "--target", str(target), str(src)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return target
+
+
+def test_entry_point_is_declared(installed_plugin: Path) -> None:
+    (dist_info,) = installed_plugin.glob("distill_bench_jeffreys-*.dist-info")
+    text = (dist_info / "entry_points.txt").read_text()
+    assert "[distill_bench.objectives]" in text and "jeffreys = distill_bench_jeffreys" in text
+
+
+def test_plugin_is_listed_in_a_fresh_process(installed_plugin: Path) -> None:
+    code = "import json; from objectives.base import describe_all; print(json.dumps([r['name'] for r in describe_all()]))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed_plugin), str(REPO)])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    names = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "jeffreys" in names and "veto" in names
+
+
+def test_plugin_is_discovered_and_conformant(installed_plugin: Path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(installed_plugin))
+    try:
+        discover(refresh=True)  # this process already ran discovery: rescan the entry points
+        assert "jeffreys" in {cls.name for cls in list_objectives()}
+        cls = get_objective("jeffreys")
+        assert cls.__module__ == "distill_bench_jeffreys"
+        row = next(r for r in describe_all() if r["name"] == "jeffreys")
+        assert row["params"][0]["name"] == "forward_weight" and row["params"][0]["range"] == "[0, 1]"
+        assert row["sources"] == ["student"] and row["teacher_signal"] == "full_logits"
+
+        # w = 1 is exactly on-policy forward KL
+        s, t, y = torch.randn(4, 9), torch.randn(4, 9), torch.randint(0, 9, (4,))
+        jeff, fkl = build_objective("jeffreys", {"forward_weight": 1.0}), build_objective("onpolicy_fkl", {})
+        a = jeff.per_token_loss(make_loss_chunk(jeff, s, t, y), {})
+        b = fkl.per_token_loss(make_loss_chunk(fkl, s, t, y), {})
+        assert torch.allclose(a, b)
+
+        from distill_bench_jeffreys import reference
+
+        with single_threaded():
+            assert_conformant("jeffreys", {"forward_weight": 0.3}, reference=reference)
+            assert_conformant("jeffreys", {"forward_weight": 0.0}, reference=reference, memory=False)
+    finally:
+        unregister_objective("jeffreys")
+        sys.modules.pop("distill_bench_jeffreys", None)
+        base._ENTRY_POINTS_LOADED.discard(("jeffreys", "distill_bench_jeffreys"))
+    assert "jeffreys" not in {cls.name for cls in list_objectives()}
