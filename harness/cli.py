@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.verb in ("run", "train", "eval"):
+            _quiet_library_progress()
         _load_plugins(args.plugin)
         handler = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "report": cmd_report, "objectives": cmd_objectives}[args.verb]
         return handler(args) or 0
@@ -90,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+
+
+def _quiet_library_progress() -> None:
+    """Our own bars show progress; transformers' per-load weight bars would bury them."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _load_plugins(files: list[str]) -> None:

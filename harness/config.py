@@ -233,6 +233,9 @@ class RunConfig(StrictModel):
     seed: int = 0
     output_dir: str = "results/train"
     data_dir: str | None = None
+    allow_head_slice: bool = Field(
+        False, description="teacher/student LM heads of different sizes that both cover the shared tokenizer "
+                           "(e.g. Qwen2-7B 152,064 vs Qwen2-0.5B 151,936 rows): compare only the tokenizer's columns")
 
 
 class SweepConfig(StrictModel):
@@ -266,6 +269,8 @@ class SuiteConfig(StrictModel):
     eval: EvalConfig = EvalConfig()
     baselines: list[Literal["teacher", "student_init"]] = ["teacher", "student_init"]
     data_dir: str | None = None
+    allow_head_slice: bool = Field(False, description="see RunConfig.allow_head_slice")
+    keep_models: bool = Field(True, description="keep each trained student's HF checkpoint after its cell is evaluated")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "SuiteConfig":

@@ -285,6 +285,11 @@ def reference_diagnostics(model, teacher, tokenizer, examples, render, max_token
             ce_sum += float(-s_logp.gather(1, batch.targets[:, None]).sum())
             if teacher is not None:
                 t_logp = torch.log_softmax(lm_head(teacher)(loss_hidden_states(teacher, batch)).float(), dim=-1)
+                if t_logp.shape[-1] != s_logp.shape[-1]:
+                    # Heads of different sizes over one tokenizer (checked at load): compare its columns.
+                    cols = len(tokenizer)
+                    t_logp = torch.log_softmax(t_logp[:, :cols], -1)
+                    s_logp = torch.log_softmax(s_logp[:, :cols], -1)
                 kl_sum += float((t_logp.exp() * (t_logp - s_logp)).sum(-1).clamp_min(0).sum())
             n += batch.n_loss_tokens
     finally:

@@ -50,7 +50,7 @@ def _probe(host: str, port: int, timeout: float) -> str | None:
         try:
             with socket.create_connection((host, port), timeout=timeout):
                 result.append(None)
-        except OSError as exc:
+        except Exception as exc:  # any failure means "not reachable"; never let the thread die noisily
             result.append(f"{type(exc).__name__}: {exc}")
 
     thread = threading.Thread(target=attempt, name="hub-probe", daemon=True)

@@ -29,6 +29,7 @@ class LoadedPair:
     tokenizer: Any
     teacher_dir: Path | None
     student_dir: Path
+    logit_columns: int | None = None  # compare only this many logit columns (heads of different size)
 
 
 def pick_device() -> torch.device:
@@ -36,7 +37,7 @@ def pick_device() -> torch.device:
 
 
 def load_pair(teacher_spec: ModelSpec, student_spec: ModelSpec, *, need_teacher: bool = True,
-              teacher: torch.nn.Module | None = None) -> LoadedPair:
+              teacher: torch.nn.Module | None = None, allow_head_slice: bool = False) -> LoadedPair:
     """Load (or reuse) the teacher and load a fresh student; refuse mismatched vocabularies up front."""
     from harness.models import check_vocab_compat, load_model, resolve_model_dir
 
@@ -46,6 +47,7 @@ def load_pair(teacher_spec: ModelSpec, student_spec: ModelSpec, *, need_teacher:
     student_dir = resolve_model_dir(student_spec, teacher=teacher_spec)
     student, s_tok = load_model(student_spec, teacher=teacher_spec, dtype=torch.float32, device=str(device))
     t_tok = None
+    columns = None
     if need_teacher or teacher is not None:
         if teacher is None:
             teacher, t_tok = load_model(teacher_spec, dtype=teacher_dtype, device=str(device))
@@ -53,10 +55,13 @@ def load_pair(teacher_spec: ModelSpec, student_spec: ModelSpec, *, need_teacher:
             from transformers import AutoTokenizer
 
             t_tok = AutoTokenizer.from_pretrained(teacher_dir)
-        check_vocab_compat(t_tok, s_tok, teacher, student)
+        columns = check_vocab_compat(t_tok, s_tok, teacher, student, allow_head_slice=allow_head_slice)
+        heads = {m.get_output_embeddings().weight.shape[0] for m in (teacher, student)}
+        if heads == {columns}:
+            columns = None  # heads already agree: no slicing
     if student_spec.lora is not None:
         student = _apply_lora(student, student_spec)
-    return LoadedPair(teacher if need_teacher else None, student, s_tok, teacher_dir, student_dir)
+    return LoadedPair(teacher if need_teacher else None, student, s_tok, teacher_dir, student_dir, columns)
 
 
 def _apply_lora(model, spec: ModelSpec):
@@ -97,17 +102,21 @@ def build_setup(cfg: RunConfig, pair: LoadedPair, *, limit: int | None = None) -
         teacher=pair.teacher, student=pair.student, tokenizer=pair.tokenizer, examples=examples,
         render_prompt=prompt_renderer(task_def, pair.tokenizer), stop=task_stop_strings(task_def),
         teacher_key=str(pair.teacher_dir), teacher_cache_path=teacher_cache_file(pair.teacher_dir, cfg.task.name),
+        logit_columns=pair.logit_columns,
     )
 
 
 def run_training(cfg: RunConfig, run_dir: Path, *, max_steps: int | None = None, limit: int | None = None,
-                 progress: bool = True, teacher: torch.nn.Module | None = None, stop_after_step: int | None = None) -> TrainResult:
+                 progress: bool = True, teacher: torch.nn.Module | None = None, stop_after_step: int | None = None,
+                 save_model: bool = True) -> TrainResult:
     """`distill-bench train`: load, train (resuming if a checkpoint exists), save an HF checkpoint."""
     objective = build_objective(cfg.objective.name, cfg.objective.params)
     need_teacher = required_signal(objective) != TeacherSignal.NONE or _needs_teacher_generation(objective)
-    pair = load_pair(cfg.teacher, cfg.student, need_teacher=need_teacher, teacher=teacher)
+    pair = load_pair(cfg.teacher, cfg.student, need_teacher=need_teacher, teacher=teacher,
+                     allow_head_slice=cfg.allow_head_slice)
     setup = build_setup(cfg, pair, limit=limit)
-    return train(cfg, run_dir, setup, max_steps=max_steps, progress=progress, stop_after_step=stop_after_step)
+    return train(cfg, run_dir, setup, max_steps=max_steps, progress=progress, stop_after_step=stop_after_step,
+                 save_model=save_model)
 
 
 def _needs_teacher_generation(objective) -> bool:

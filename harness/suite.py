@@ -229,13 +229,11 @@ class SuiteRunner:
             run_cfg = RunConfig(teacher=self.cfg.teacher, student=self.cfg.student, task=task_cfg,
                                 objective={"name": cell.objective, "label": cell.label, "params": cell.params},
                                 train=self.cfg.train, seed=cell.seed, output_dir=str(cdir / "train"),
-                                data_dir=str(data_dir) if data_dir else None)
-            result = run_training(run_cfg, cdir / "train", progress=self.progress, teacher=teacher)
+                                data_dir=str(data_dir) if data_dir else None, allow_head_slice=self.cfg.allow_head_slice)
+            result = run_training(run_cfg, cdir / "train", progress=self.progress, teacher=teacher,
+                                  save_model=self.cfg.keep_models)
             train_summary = result.summary
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(result.model_dir, dtype=torch.float32).to(pick_device())
-            tok = teacher_tok
+            model, tok = result.student, teacher_tok
         t_eval = time.perf_counter()
         eval_task = task_cfg
         baseline_outputs = self.baseline_outputs(cell.task)
@@ -268,7 +266,16 @@ class SuiteRunner:
 
             shutil.copyfile(telemetry, cdir / "telemetry.jsonl")
         atomic_write_json(cdir / "cell.json", record)
+        self._prune_cell_files(cdir)
         return record
+
+    def _prune_cell_files(self, cdir: Path) -> None:
+        """A finished cell no longer needs its resume checkpoint (optimizer state: ~3x the model)."""
+        import shutil
+
+        shutil.rmtree(cdir / "train" / "checkpoint", ignore_errors=True)
+        if not self.cfg.keep_models:
+            shutil.rmtree(cdir / "train" / "model", ignore_errors=True)
 
     # -- DialogSum baseline summaries -----------------------------------------------------------------
     def baseline_outputs(self, task: str) -> dict[str, dict[str, str]] | None:

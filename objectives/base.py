@@ -490,6 +490,22 @@ def build_objective(name: str, params: Mapping[str, Any] | None = None) -> Objec
 
 
 def describe_all() -> list[dict[str, Any]]:
-    """``describe()`` rows of every registered objective, sorted by name (for the CLI listing)."""
-    return [cls.describe() for cls in list_objectives()]
+    """``describe()`` rows of every registered objective, sorted by name (for the CLI listing).
+
+    An objective whose ``describe()`` fails (a broken plugin) gets a minimal row with an ``error``
+    field and a ``PluginLoadWarning``, so one bad plugin cannot break the listing.
+    """
+    rows = []
+    for cls in list_objectives():
+        try:
+            rows.append(cls.describe())
+        except Exception as exc:  # noqa: BLE001
+            warnings.warn(
+                f"objective {cls.name!r} ({cls.__module__}) cannot describe itself: {type(exc).__name__}: {exc}",
+                PluginLoadWarning,
+                stacklevel=2,
+            )
+            rows.append({"name": cls.name, "description": getattr(cls, "description", ""), "module": cls.__module__,
+                         "params": [], "error": f"{type(exc).__name__}: {exc}"})
+    return rows
 

@@ -7,15 +7,19 @@ value per position, shape [N]. Inputs below fp32 (bf16, fp16) are upcast to fp32
 Numerics (why the formulas look the way they do):
 
 * KL(P||Q) is evaluated in its "generalized" form  Σ_v [q_v − p_v − p_v·log(q_v/p_v)], which equals
-  Σ p log(p/q) because both distributions sum to one, but every term is ≥ 0 *in floating point*:
-  for p > 0 the term is computed as p⊗expm1(L) ⊖ p⊗L with L = log q − log p, and
-  expm1(L) ≥ L holds after rounding. So a KL is never negative, even for bf16 inputs whose
-  upcast distributions are nearly equal, and it is exactly 0 (with exactly 0 gradient) when P = Q.
-  For L > 20 the term is evaluated as q − p − p·L instead (no overflow of expm1).
-  Where p = 0 the term is q (the p → 0 limit), so no q-mass is lost when p underflows.
-* −inf log-probabilities (masked tokens) are clamped to −1e30 first: exp() still gives exactly 0,
-  and no inf − inf ever appears, so gradients stay finite (no NaN from unselected branches).
-  A consequence: KL(P||Q) with q = 0 where p > 0 is a huge finite number (~1e30·p), not inf.
+  Σ p log(p/q) because both distributions sum to one, but whose terms are ≥ 0 termwise: for p > 0
+  the term is p·expm1(L) − p·L with L = log q − log p, and expm1(L) ≥ L survives rounding. The
+  naive sum of mixed-sign terms comes out slightly negative in fp32 for nearly equal inputs
+  (e.g. upcast bf16); this form cannot (beyond a last-bit rounding, removed by clamping the
+  per-position value at 0). It is exactly 0, with exactly 0 gradient, when P = Q bitwise.
+  For L > 20 the term is evaluated as q − p − p·L (expm1 would overflow). Where p = 0 the term
+  is q (the p → 0 limit), so no q-mass is lost when p underflows.
+* The KL has an analytic backward and recomputes its intermediates there, so the dense path does
+  not keep a dozen [N, V] tensors alive until backward.
+* −inf log-probabilities (masked tokens): exp() gives exactly 0; log ratios are masked where p = 0
+  and clamped at −1e30 where q = 0, and mixture inputs are clamped at −1e30, so no inf − inf or
+  0·inf reaches a gradient. A consequence: KL(P||Q) with q = 0 where p > 0 is a huge finite
+  number (~1e30·p), not inf.
 * Mixtures (skew KL, JSD) never form log M − log P by subtraction: log(M/P) is computed as
   logaddexp(log w, log(1−w) + log(O/P)), which stays accurate when the mixture weight is tiny.
   This is what keeps the β(1−β)-normalized JSD accurate near β = 0 and β = 1.
@@ -89,12 +93,15 @@ class _GeneralizedKL(torch.autograd.Function):
     def forward(ctx, p_logp: Tensor, q_logp: Tensor, log_ratio: Tensor | None) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(p_logp, q_logp, log_ratio)
         p, has_mass, L = _mass_and_ratio(p_logp, q_logp, log_ratio)
-        q_minus_p = q_logp.exp().sub_(p)  # equals q where p = 0
         accurate = (L <= _EXPM1_SWITCH) & has_mass
+        del has_mass
         # p>0, L moderate: p·expm1(L) − p·L (≥ 0 after rounding since expm1(L) ≥ L);
         # p>0, L large: q − p − p·L (expm1 would overflow); p = 0: q (then p·L = 0).
-        term = torch.expm1(L.clamp_max(_EXPM1_SWITCH)).mul_(p)
-        term = torch.where(accurate, term, q_minus_p)
+        # In-place steps keep the number of live [N, V] temporaries at four.
+        term = L.clamp_max(_EXPM1_SWITCH).expm1_().mul_(p)
+        q_minus_p = q_logp.exp().sub_(p)  # equals q where p = 0
+        torch.where(accurate, term, q_minus_p, out=term)
+        del q_minus_p
         term.addcmul_(p, L, value=-1.0)
         return term.sum(-1)
 
@@ -117,8 +124,8 @@ class _GeneralizedKL(torch.autograd.Function):
         #   p>0, large:    term = q − p − p·L      → ∂lp = −p − p·L,         ∂lq = q, ∂L = −p
         #   p = 0:         term = q                → ∂lp = 0,                ∂lq = q, ∂L = 0
         accurate = (L <= _EXPM1_SWITCH) & has_mass
-        d_L = torch.expm1(L.clamp_max(_EXPM1_SWITCH)).mul_(p)
-        d_L = torch.where(accurate | ~has_mass, d_L, -p)
+        d_L = L.clamp_max(_EXPM1_SWITCH).expm1_().mul_(p)
+        torch.where(accurate | ~has_mass, d_L, -p, out=d_L)
         if need_p:
             g_lp = d_L.addcmul(p, L, value=-1.0).mul_(g)
         if need_q:
@@ -152,12 +159,12 @@ def mixture_kl(p_logp: Tensor, other_logp: Tensor, weight: float) -> Tensor:
     """KL(P || M) with M = weight·P + (1 − weight)·O, for weight in [0, 1)."""
     if not 0.0 <= weight < 1.0:
         raise ValueError(f"mixture weight must be in [0, 1), got {weight}")
-    lp, lo = _safe_logp(p_logp), _safe_logp(other_logp)
     if weight == 0.0:
-        return _generalized_kl(lp, lo)
+        return kl_divergence(p_logp, other_logp)  # exactly the plain KL
+    lp, lo = _safe_logp(p_logp), _safe_logp(other_logp)
     log_w, log_1mw = math.log(weight), math.log1p(-weight)
     # log(M/P) = log(w + (1-w)·O/P), accurate even when w or 1-w is tiny.
-    log_ratio = torch.logaddexp(torch.full_like(lp, log_w), log_1mw + (lo - lp))
+    log_ratio = torch.logaddexp(lp.new_tensor(log_w), log_1mw + (lo - lp))
     log_m = torch.logaddexp(log_w + lp, log_1mw + lo)
     return _generalized_kl(lp, log_m, log_ratio)
 

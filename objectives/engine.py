@@ -59,11 +59,13 @@ def _check_targets(targets: Tensor, n: int, vocab: int) -> None:
         raise ObjectiveError(f"targets must have shape [{n}], got {tuple(targets.shape)}")
     if targets.dtype not in (torch.int64, torch.int32):
         raise ObjectiveError(f"targets must be an integer tensor, got {targets.dtype}")
-    if n and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
-        raise ObjectiveError(
-            f"targets must be token ids in [0, {vocab}) (one per loss position, no ignore index); "
-            f"got range [{int(targets.min())}, {int(targets.max())}]"
-        )
+    if n:
+        lo, hi = torch.stack([targets.min(), targets.max()]).tolist()  # one device sync
+        if lo < 0 or hi >= vocab:
+            raise ObjectiveError(
+                f"targets must be token ids in [0, {vocab}) (one per loss position, no ignore index); "
+                f"got range [{lo}, {hi}]"
+            )
 
 
 def make_loss_chunk(
@@ -96,7 +98,7 @@ def make_loss_chunk(
                 f"objective {objective.name!r} needs teacher log-probabilities of the target tokens, "
                 "none were given"
             )
-    return LossChunk(student_logits=s, teacher_logits=t_logits, targets=targets, teacher_target_logprobs=t_lp)
+    return LossChunk(student_logits=s, teacher_logits=t_logits, targets=targets.long(), teacher_target_logprobs=t_lp)
 
 
 def _compute_dtype(hidden: Tensor) -> torch.dtype:
@@ -120,7 +122,7 @@ def _per_token(objective: Objective, chunk: LossChunk, sched: dict[str, float]) 
     return loss
 
 
-_STATS_BLOCK_ELEMS = 1 << 22  # rows per block so that one [rows, V] fp32 temporary is ≤ 16 MiB
+_STATS_BLOCK_ELEMS = 1 << 20  # rows per block so that one [rows, V] fp32 temporary is ≤ 4 MiB
 
 
 @torch.no_grad()
@@ -182,7 +184,7 @@ class _ChunkPlan:
     objective: Objective
     sched: dict[str, float]
     teacher_hidden: Tensor | None
-    teacher_weight: Tensor | None
+    teacher_weight: Tensor | None  # already in teacher_compute_dtype
     teacher_bias: Tensor | None
     teacher_target_logprobs: Tensor | None
     student_compute_dtype: torch.dtype
@@ -223,10 +225,8 @@ def _run_chunks(
         t_logits = None
         if have_teacher_logits:
             with torch.no_grad():
-                th = plan.teacher_hidden[start:end]
-                t_dtype = plan.teacher_compute_dtype
-                tb = plan.teacher_bias.to(t_dtype) if plan.teacher_bias is not None else None
-                t_logits = D.upcast(F.linear(th.to(t_dtype), plan.teacher_weight.to(t_dtype), tb))
+                th = plan.teacher_hidden[start:end].to(plan.teacher_compute_dtype)
+                t_logits = D.upcast(F.linear(th, plan.teacher_weight, plan.teacher_bias))
         t_lp = plan.teacher_target_logprobs[start:end] if plan.teacher_target_logprobs is not None else None
 
         with torch.no_grad():
@@ -289,8 +289,8 @@ class _ChunkedLossFunction(torch.autograd.Function):
         grads = getattr(ctx, "grads", None)
         if grads is None:
             raise RuntimeError("chunked_loss: backward can run only once (gradients were precomputed)")
-        ctx.grads = None  # free them
-        scaled = tuple(g * grad_output.to(g.dtype) if g is not None else None for g in grads)
+        ctx.grads = None  # ours alone: scale in place instead of allocating head-sized copies
+        scaled = tuple(g.mul_(grad_output.to(g.dtype)) if g is not None else None for g in grads)
         return (*scaled, None)
 
 
@@ -322,12 +322,15 @@ def chunked_loss(
     weight, bias = student_head.weight, student_head.bias
     vocab = weight.shape[0]
     t_weight = t_bias = None
+    t_dtype = None
     if teacher_hidden is not None:
         if teacher_head is None:
             raise ObjectiveError("teacher_hidden was given without teacher_head")
-        t_weight, t_bias = teacher_head.weight.detach(), teacher_head.bias
-        t_bias = t_bias.detach() if t_bias is not None else None
-        _check_vocab(vocab, t_weight.shape[0])
+        _check_vocab(vocab, teacher_head.weight.shape[0])
+        # Cast the teacher head once (a no-op unless autocast picks another dtype).
+        t_dtype = _compute_dtype(teacher_hidden)
+        t_weight = teacher_head.weight.detach().to(t_dtype)
+        t_bias = teacher_head.bias.detach().to(t_dtype) if teacher_head.bias is not None else None
         if teacher_hidden.shape[0] != n:
             raise ObjectiveError(f"teacher_hidden has {teacher_hidden.shape[0]} positions, student has {n}")
         teacher_hidden = teacher_hidden.detach()
@@ -351,7 +354,7 @@ def chunked_loss(
         teacher_bias=t_bias,
         teacher_target_logprobs=teacher_target_logprobs.detach() if teacher_target_logprobs is not None else None,
         student_compute_dtype=_compute_dtype(student_hidden),
-        teacher_compute_dtype=_compute_dtype(teacher_hidden) if teacher_hidden is not None else None,
+        teacher_compute_dtype=t_dtype,
         targets=targets,
         chunk_size=chunk_size,
         need_hidden=grad_on and student_hidden.requires_grad,

@@ -24,7 +24,9 @@ def _one_thread():
     with single_threaded():
         yield
 
-ALL = [cls.name for cls in list_objectives()]
+# Every registered objective (built-ins and installed plugins), except test-only ones that other
+# test modules register on purpose (e.g. objectives that return NaN).
+ALL = [cls.name for cls in list_objectives() if not cls.__module__.rsplit(".", 1)[-1].startswith("test_")]
 
 
 @pytest.mark.parametrize("name", ALL)

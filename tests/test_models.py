@@ -156,7 +156,11 @@ def test_hub_probe_times_out_on_hanging_dns(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "https://hangs.invalid")
     monkeypatch.setenv("DISTILL_BENCH_HUB_TIMEOUT", "0.3")
-    monkeypatch.setattr(hub.socket, "create_connection", lambda *a, **k: time.sleep(10))
+    def hang(*args, **kwargs):
+        time.sleep(3)
+        raise OSError("simulated resolver hang")
+
+    monkeypatch.setattr(hub.socket, "create_connection", hang)
     hub.clear_probe_cache()
     try:
         start = time.perf_counter()

@@ -182,6 +182,27 @@ def test_describe_rows_for_the_cli() -> None:
         assert row["description"], row["name"]
 
 
+def test_describe_all_survives_a_broken_objective() -> None:
+    class Broken(Objective):
+        name = "test_broken_describe"
+        description = "mix fails"
+
+        def source_mix(self, progress):
+            raise RuntimeError("no mix")
+
+        def per_token_loss(self, chunk, sched):
+            return _ce(chunk)
+
+    register_objective(Broken)
+    try:
+        with pytest.warns(PluginLoadWarning, match="test_broken_describe.*no mix"):
+            rows = {r["name"]: r for r in describe_all()}
+        assert "no mix" in rows["test_broken_describe"]["error"]
+        assert BUILTINS <= set(rows)
+    finally:
+        unregister_objective("test_broken_describe")
+
+
 def test_schedule_progress() -> None:
     assert schedule_progress(0, 10) == 0.0
     assert schedule_progress(9, 10) == 1.0

@@ -174,3 +174,23 @@ def test_teacher_generations_are_cached_and_reused(tiny_model_dir, tmp_path):
     s2 = make_setup(tiny_model_dir, cache_path=cache)
     r2 = train(cfg, tmp_path / "b", s2, max_steps=2, progress=False)
     assert r2.summary["generated_tokens"] == 0, "second run reads every teacher completion from the cache"
+
+
+def test_heads_of_different_size_need_explicit_slicing(tiny_model_dir_factory, tmp_path):
+    from harness.config import ModelSpec
+    from harness.errors import VocabMismatchError
+    from harness.runner import load_pair
+    from harness.training.loop import TrainingSetup
+
+    padded = tiny_model_dir_factory(head_size=520, tie=False)  # 8 padding rows beyond the 512-token vocab
+    plain = tiny_model_dir_factory(tie=False, seed=1)
+    with pytest.raises(VocabMismatchError, match="lm_head sizes differ"):
+        load_pair(ModelSpec(name=str(padded)), ModelSpec(name=str(plain)))
+    pair = load_pair(ModelSpec(name=str(padded)), ModelSpec(name=str(plain)), allow_head_slice=True)
+    assert pair.logit_columns == 512
+    setup = TrainingSetup(teacher=pair.teacher, student=pair.student, tokenizer=pair.tokenizer,
+                          examples=make_examples(), render_prompt=lambda ex: ex.prompt, logit_columns=pair.logit_columns)
+    before = pair.student.get_output_embeddings().weight.detach().clone()
+    res = train(run_config(plain, "supervised_kd"), tmp_path / "s", setup, max_steps=1, progress=False)
+    assert res.steps == 1
+    assert not torch.equal(before, pair.student.get_output_embeddings().weight.detach()), "the sliced head still trains"

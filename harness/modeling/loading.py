@@ -92,7 +92,10 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
                 f"model {repo_id!r} is not a local path, so it was taken as a Hugging Face Hub id, but {reason} "
                 f"and it is not in the local Hugging Face cache. {LOCAL_ALTERNATIVES}"
             ) from None
-    return Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_PATTERNS))
+    local = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_PATTERNS))
+    if not any(local.glob("*.safetensors")):  # older repos ship only PyTorch pickles
+        local = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_PATTERNS + ["*.bin"]))
+    return local
 
 
 def resolve_name(name: str, revision: str | None = None) -> Path:

@@ -61,3 +61,31 @@ def full_logits_at_loss_positions(model: nn.Module, batch: TrainBatch) -> torch.
     """Reference path for tests: the model's own forward, logits gathered at loss positions."""
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False)
     return out.logits[batch.loss_rows, batch.loss_cols]
+
+
+class HeadSlice(nn.Module):
+    """The first `columns` output rows of an LM head, as a view: gradients reach the full weight.
+
+    Used only when teacher and student heads differ in size but share one tokenizer (the extra rows
+    are padding), after `check_vocab_compat(..., allow_head_slice=True)` approved it.
+    """
+
+    def __init__(self, head: nn.Linear, columns: int):
+        super().__init__()
+        self.head = head
+        self.columns = columns
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.head.weight[: self.columns]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return None if self.head.bias is None else self.head.bias[: self.columns]
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(hidden, self.weight, self.bias)
+
+
+def sliced_head(head: nn.Linear, columns: int | None) -> nn.Module:
+    return head if columns is None or columns == head.weight.shape[0] else HeadSlice(head, columns)

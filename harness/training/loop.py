@@ -24,7 +24,7 @@ from harness.io import atomic_write_json
 from harness.training.batching import collate, split_micro_batches
 from harness.training.checkpoint import TrainState, find_checkpoint, load_checkpoint, save_checkpoint
 from harness.training.distributed import DistContext, init_distributed
-from harness.training.forward import lm_head, loss_hidden_states
+from harness.training.forward import lm_head, loss_hidden_states, sliced_head
 from harness.training.schedules import build_scheduler
 from harness.training.sequences import SequenceBuilder, SequenceCounters, TeacherGenerationCache
 from harness.training.telemetry import PeakMemory, TelemetryLog
@@ -47,6 +47,7 @@ class TrainingSetup:
     stop: tuple[str, ...] = ()
     teacher_key: str = "teacher"
     teacher_cache_path: Path | None = None
+    logit_columns: int | None = None  # set when heads differ in size but share the tokenizer (checked upstream)
 
 
 @dataclass
@@ -57,6 +58,7 @@ class TrainResult:
     total_steps: int
     resumed_from_step: int
     summary: dict[str, Any] = field(default_factory=dict)
+    student: Any = None  # the trained model in memory (the suite evaluates it without a reload)
 
 
 def total_optimizer_steps(n_examples: int, epochs: float, batch_size: int, max_steps: int | None) -> int:
@@ -97,11 +99,13 @@ def required_signal(objective: Objective) -> TeacherSignal:
 
 
 def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int | None = None,
-          progress: bool = True, dist: DistContext | None = None, stop_after_step: int | None = None) -> TrainResult:
+          progress: bool = True, dist: DistContext | None = None, stop_after_step: int | None = None,
+          save_model: bool = True) -> TrainResult:
     """Train `setup.student` with `cfg.objective`; resumes from `run_dir/checkpoint` when present.
 
     `stop_after_step` ends the process's work early (as an interruption would) after writing a
-    checkpoint; tests use it to check resume equivalence.
+    checkpoint; tests use it to check resume equivalence. `save_model=False` skips writing the final
+    HF checkpoint (the final training checkpoint still allows resuming evaluation).
     """
     tc = cfg.train
     dist = dist or init_distributed()
@@ -162,8 +166,9 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
         counters=seq_counters,
     )
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    s_head = lm_head(student)
-    t_head = lm_head(teacher) if teacher is not None and signal_needed != TeacherSignal.NONE else None
+    s_head = sliced_head(lm_head(student), setup.logit_columns)
+    t_head = (sliced_head(lm_head(teacher), setup.logit_columns)
+              if teacher is not None and signal_needed != TeacherSignal.NONE else None)
 
     bar = None
     if progress and dist.is_main:
@@ -275,10 +280,11 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
         "precision": "bf16" if use_bf16 else "fp32", **{k: counters[k] for k in counters},
     }
     if state.step >= total_steps and dist.is_main:
-        _save_final_model(student, tok, model_dir)
+        if save_model:
+            _save_final_model(student, tok, model_dir)
         atomic_write_json(run_dir / SUMMARY_FILENAME, summary)
     dist.barrier()
-    return TrainResult(run_dir, model_dir, state.step, total_steps, resumed_from, summary)
+    return TrainResult(run_dir, model_dir, state.step, total_steps, resumed_from, summary, student)
 
 
 def _objective_loss(objective, sched, h_s, s_head, h_t, t_head, targets, chunk_size, autocast_dtype):
