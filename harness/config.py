@@ -142,7 +142,8 @@ class TrainConfig(StrictModel):
     max_new_tokens: int = Field(256, ge=1, description="rollout length for on-policy sequences")
     temperature: float = Field(0.5, ge=0)
     top_p: float = Field(0.5, gt=0, le=1)
-    loss_chunk_size: int | None = Field(1024, ge=1, description="positions per loss chunk; null = dense logits")
+    loss_chunk_size: int | None = Field(
+        128, ge=1, description="loss positions per LM-head chunk (peak memory ~ chunk x vocab); null = dense logits")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     checkpoint_every: int = Field(50, ge=1)
     max_nonfinite_in_row: int = Field(5, ge=1)

@@ -78,3 +78,30 @@ def test_plugin_is_discovered_and_conformant(installed_plugin: Path, monkeypatch
         sys.modules.pop("distill_bench_jeffreys", None)
         base._ENTRY_POINTS_LOADED.discard(("jeffreys", "distill_bench_jeffreys"))
     assert "jeffreys" not in {cls.name for cls in list_objectives()}
+
+
+def test_plugin_in_cli_listing_and_a_training_run(installed_plugin: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Installed plugin: no harness change, yet `distill-bench objectives` lists it and `train` runs it."""
+    import yaml
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed_plugin), str(REPO)]), "OMP_NUM_THREADS": "1"}
+    listing = subprocess.run([sys.executable, "-m", "harness.cli", "objectives"], capture_output=True, text=True,
+                             env=env, cwd=REPO, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    assert "\njeffreys\n" in "\n" + listing.stdout and "forward_weight" in listing.stdout
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(8)))
+    cfg = {"teacher": {"name": str(tiny_model_dir)}, "student": {"name": str(tiny_model_dir)},
+           "task": {"name": "gsm8k", "train_source": f"file:{data}"},
+           "objective": {"name": "jeffreys", "params": {"forward_weight": 0.5}},
+           "train": {"batch_size": 4, "micro_batch_size": 4, "max_new_tokens": 4, "max_prompt_tokens": 32},
+           "output_dir": str(tmp_path / "run")}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    run = subprocess.run([sys.executable, "-m", "harness.cli", "train", str(tmp_path / "run.yaml"), "--max-steps", "2",
+                          "--no-progress"], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["objective"] == "jeffreys" and summary["optimizer_steps"] == 2
+    rows = [json.loads(l) for l in (tmp_path / "run" / "telemetry.jsonl").read_text().splitlines()]
+    assert all(r["source"] == "student" and r["loss"] >= 0 for r in rows)
