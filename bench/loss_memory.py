@@ -152,13 +152,11 @@ def _rel_err(a, b) -> float:
     return diff / max(scale, 1e-30)
 
 
-def worker(variant: str, case: str, n: int, vocab: int, hidden: int, chunk_size: int, repeats: int,
-           check: bool, threads: int | None = None) -> dict:
+def _setup(n: int, vocab: int, hidden: int, threads: int | None):
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-
     h, head, th, t_head, y = make_inputs(n, vocab, hidden)
 
     def clear() -> None:
@@ -166,58 +164,94 @@ def worker(variant: str, case: str, n: int, vocab: int, hidden: int, chunk_size:
         head.weight.grad = None
         gc.collect()
 
-    # Warm-up on a few rows: loads lazily imported code, kernels and thread pools before the baseline.
-    warm = make_step(variant, case, h[:8].detach().requires_grad_(True), head, th[:8], t_head, y[:8],
-                     min(chunk_size, 4))
-    warm()
+    return h, head, th, t_head, y, clear
+
+
+def _warm_up(variant: str, case: str, h, head, th, t_head, y, chunk_size: int) -> None:
+    """A call on a few rows: loads lazily imported code, kernels and thread pools."""
+    make_step(variant, case, h[:8].detach().requires_grad_(True), head, th[:8], t_head, y[:8], min(chunk_size, 4))()
+    h.grad = None
+    head.weight.grad = None
+
+
+def memory_worker(variant: str, case: str, n: int, vocab: int, hidden: int, chunk_size: int,
+                  threads: int | None = None) -> dict:
+    """Fresh process: peak RSS of one measured call above the post-setup baseline."""
+    import torch
+
+    h, head, th, t_head, y, clear = _setup(n, vocab, hidden, threads)
+    _warm_up(variant, case, h, head, th, t_head, y, chunk_size)
     clear()
     step = make_step(variant, case, h, head, th, t_head, y, chunk_size)
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         loss = step()
-        first = time.perf_counter() - t0
-    times = [first]
-    for _ in range(max(repeats - 1, 0)):
-        clear()
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    row = {
-        "variant": variant, "case": case, "objective": CASES[case][0] if variant != "trl" else "trl_gkd_jsd",
+        dt = time.perf_counter() - t0
+    return {
+        "phase": "memory", "variant": variant, "case": case,
+        "objective": CASES[case][0] if variant != "trl" else "trl_gkd_jsd",
         "params": CASES[case][1] if variant != "trl" else {"beta": 0.5},
         "n": n, "vocab": vocab, "hidden": hidden, "chunk_size": chunk_size if variant == "chunked" else None,
         "peak_bytes": mem.peak_above_baseline, "baseline_rss_bytes": mem.baseline, "memory_method": mem.method,
-        "times_s": times, "time_s": median(times), "loss": loss, "threads": torch.get_num_threads(),
+        "time_s": dt, "loss": loss, "threads": torch.get_num_threads(),
     }
-    if variant == "trl":
-        # The four LM-head GEMMs every variant performs (student and teacher logits, d/dh, d/dW):
-        # a floor under any exact fp32 implementation's time, measured in the same process.
-        clear()
-        row["gemm_floor_times_s"] = [gemm_floor(h, head, th, t_head) for _ in range(max(repeats, 1))]
-        row["gemm_floor_s"] = median(row["gemm_floor_times_s"])
-    if check and variant == "chunked":
-        got = (float(loss), h.grad.detach().clone(), head.weight.grad.detach().clone())
-        clear()
-        ref_loss = make_step("dense", case, h, head, th, t_head, y, chunk_size)()
-        errs = {"loss": _rel_err(got[0], ref_loss), "grad_hidden": _rel_err(got[1], h.grad),
-                "grad_head": _rel_err(got[2], head.weight.grad)}
-        row["check"] = {"max_rel_err": errs, "tolerance": TOLERANCE, "ok": all(e <= TOLERANCE for e in errs.values())}
-    return row
+
+
+def timing_worker(case: str, n: int, vocab: int, hidden: int, chunk_size: int, repeats: int, check: bool,
+                  gemm: bool, threads: int | None = None) -> dict:
+    """One process per objective: chunked, dense and TRL calls interleaved (rotating order), plus the
+    chunked == dense check on the first round."""
+    import torch
+
+    h, head, th, t_head, y, clear = _setup(n, vocab, hidden, threads)
+    variants = ["chunked", "dense", "trl"]
+    steps = {}
+    for v in variants:
+        _warm_up(v, case, h, head, th, t_head, y, chunk_size)
+        steps[v] = make_step(v, case, h, head, th, t_head, y, chunk_size)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    if gemm:
+        times["gemm_floor"] = []
+    got = None
+    check_row = None
+    for r in range(max(repeats, 1)):
+        order = variants[r % 3:] + variants[: r % 3]
+        for v in order:
+            clear()
+            t0 = time.perf_counter()
+            loss = steps[v]()
+            times[v].append(time.perf_counter() - t0)
+            if check and r == 0 and v in ("chunked", "dense"):
+                cur = (loss, h.grad.detach().clone(), head.weight.grad.detach().clone())
+                if got is None:
+                    got = (v, cur)
+                else:
+                    c, d = (got[1], cur) if got[0] == "chunked" else (cur, got[1])
+                    errs = {"loss": _rel_err(c[0], d[0]), "grad_hidden": _rel_err(c[1], d[1]),
+                            "grad_head": _rel_err(c[2], d[2])}
+                    check_row = {"max_rel_err": errs, "tolerance": TOLERANCE,
+                                 "ok": all(e <= TOLERANCE for e in errs.values())}
+                    got = None
+        if gemm:
+            clear()
+            times["gemm_floor"].append(gemm_floor(h, head, th, t_head))
+    return {"phase": "time", "case": case, "times_s": times, "check": check_row,
+            "threads": torch.get_num_threads(), "chunk_size": chunk_size}
 
 
 # ---------------------------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------------------------
-def plan_jobs(cases: list[str], trl_runs: int) -> list[tuple[str, str]]:
-    """(variant, case) in run order: TRL spread evenly, chunked/dense order alternating per case."""
+def plan_memory_jobs(cases: list[str], trl_runs: int) -> list[tuple[str, str]]:
+    """(variant, case) in run order: TRL runs spread evenly, chunked/dense order alternating."""
     ours: list[tuple[str, str]] = []
     for i, c in enumerate(cases):
         pair = [("chunked", c), ("dense", c)]
         ours += pair if i % 2 == 0 else pair[::-1]
     if trl_runs <= 0:
         return ours
-    jobs: list[tuple[str, str]] = []
     slots = [round(k * len(ours) / max(trl_runs - 1, 1)) for k in range(trl_runs)] if trl_runs > 1 else [0]
+    jobs: list[tuple[str, str]] = []
     for pos in range(len(ours) + 1):
         jobs += [("trl", cases[0])] * slots.count(pos)
         if pos < len(ours):
@@ -235,30 +269,30 @@ def coverage_warnings(cases: list[str]) -> list[str]:
     return [f"registered divergence objective {m!r} is not measured (add a case)" for m in missing]
 
 
-def summarize(rows: list[dict], cases: list[str]) -> list[dict]:
-    trl = [r for r in rows if r["variant"] == "trl"]
-    trl_peak = median([r["peak_bytes"] for r in trl]) if trl else float("nan")
-    trl_time = median([t for r in trl for t in r["times_s"]]) if trl else float("nan")
-    floor = median([t for r in trl for t in r.get("gemm_floor_times_s", [])]) if trl else float("nan")
+def summarize(mem_rows: list[dict], time_rows: list[dict], cases: list[str]) -> list[dict]:
+    trl = [r for r in mem_rows if r["variant"] == "trl"]
+    trl_peak = median([r["peak_bytes"] for r in trl])
+    floors = [t for r in time_rows for t in r["times_s"].get("gemm_floor", [])]
     out = []
     for c in cases:
-        ch = next(r for r in rows if r["variant"] == "chunked" and r["case"] == c)
-        de = next(r for r in rows if r["variant"] == "dense" and r["case"] == c)
-        mem_ratio = ch["peak_bytes"] / trl_peak if trl else None
-        time_ratio = ch["time_s"] / trl_time if trl else None
+        ch = next(r for r in mem_rows if r["variant"] == "chunked" and r["case"] == c)
+        de = next(r for r in mem_rows if r["variant"] == "dense" and r["case"] == c)
+        tr = next(r for r in time_rows if r["case"] == c)
+        t = {v: median(x) for v, x in tr["times_s"].items()}
+        mem_ratio = ch["peak_bytes"] / trl_peak
+        time_ratio = t["chunked"] / t["trl"]
         out.append({
             "case": c, "label": CASES[c][2], "objective": CASES[c][0], "params": CASES[c][1],
             "chunked_peak_mib": ch["peak_bytes"] / MIB, "dense_peak_mib": de["peak_bytes"] / MIB,
-            "trl_peak_mib": trl_peak / MIB, "chunked_time_s": ch["time_s"], "dense_time_s": de["time_s"],
-            "trl_time_s": trl_time, "gemm_floor_s": floor, "gemm_floor_vs_trl": floor / trl_time if trl else None,
-            "mem_ratio_vs_trl": mem_ratio, "time_ratio_vs_trl": time_ratio,
-            "dense_mem_ratio_vs_trl": de["peak_bytes"] / trl_peak if trl else None,
+            "trl_peak_mib": trl_peak / MIB, "mem_ratio_vs_trl": mem_ratio,
+            "dense_mem_ratio_vs_trl": de["peak_bytes"] / trl_peak,
             "chunked_vs_dense_mem": ch["peak_bytes"] / max(de["peak_bytes"], 1),
-            "chunked_vs_dense_time": ch["time_s"] / de["time_s"],
-            "check_ok": ch.get("check", {}).get("ok"),
-            "check_max_rel_err": max(ch.get("check", {}).get("max_rel_err", {"-": float("nan")}).values()),
-            "meets_mem_target": mem_ratio is not None and mem_ratio <= TARGET_MEM,
-            "meets_time_target": time_ratio is not None and time_ratio <= TARGET_TIME,
+            "chunked_time_s": t["chunked"], "dense_time_s": t["dense"], "trl_time_s": t["trl"],
+            "time_ratio_vs_trl": time_ratio, "dense_time_ratio_vs_trl": t["dense"] / t["trl"],
+            "chunked_vs_dense_time": t["chunked"] / t["dense"],
+            "gemm_floor_s": median(floors), "check_ok": (tr["check"] or {}).get("ok"),
+            "check_max_rel_err": max((tr["check"] or {}).get("max_rel_err", {"-": float("nan")}).values()),
+            "meets_mem_target": mem_ratio <= TARGET_MEM, "meets_time_target": time_ratio <= TARGET_TIME,
         })
     return out
 
@@ -270,79 +304,88 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab", type=int, default=49152)
     p.add_argument("--hidden", type=int, default=576)
     p.add_argument("--chunk-size", type=int, default=64, help="chunked_loss positions per chunk")
-    p.add_argument("--repeats", type=int, default=2, help="timed calls per chunked/dense process")
-    p.add_argument("--trl-runs", type=int, default=3, help="TRL processes, spread over the run")
-    p.add_argument("--trl-repeats", type=int, default=1, help="timed calls per TRL process")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved timing rounds per objective")
+    p.add_argument("--trl-runs", type=int, default=2, help="TRL memory processes, spread over the memory phase")
     p.add_argument("--no-check", action="store_true", help="skip the chunked == dense check")
     p.add_argument("--threads", type=int, help="torch threads in every worker (default: torch's default)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (n 64, vocab 4096, hidden 64, chunk 16)")
     p.add_argument("--inprocess", action="store_true", help="no subprocesses (tests; memory not isolated)")
     p.add_argument("--out", help="JSON path (default bench/results/loss_memory.json)")
-    p.add_argument("--worker", nargs=2, metavar=("VARIANT", "CASE"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    p.add_argument("--gemm", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.vocab, args.hidden, args.chunk_size = 64, 4096, 64, 16
         args.trl_runs = min(args.trl_runs, 1)
         args.repeats = min(args.repeats, 1)
     cases = args.cases or (QUICK_CASES if args.quick else list(CASES))
-
-    def job_args(variant: str, case: str) -> list[str]:
-        return ["--worker", variant, case, "--n", str(args.n), "--vocab", str(args.vocab),
-                "--hidden", str(args.hidden), "--chunk-size", str(args.chunk_size),
-                "--repeats", str(args.trl_repeats if variant == "trl" else args.repeats)] + (
-                    ["--no-check"] if args.no_check else []) + (
-                    ["--threads", str(args.threads)] if args.threads else [])
+    sizes = (args.n, args.vocab, args.hidden, args.chunk_size)
 
     if args.worker:
-        variant, case = args.worker
-        emit(worker(variant, case, args.n, args.vocab, args.hidden, args.chunk_size, args.repeats,
-                    not args.no_check, args.threads))
+        if args.worker[0] == "mem":
+            emit(memory_worker(args.worker[1], args.worker[2], *sizes, threads=args.threads))
+        else:
+            emit(timing_worker(args.worker[1], *sizes, args.repeats, not args.no_check, args.gemm, args.threads))
         return 0
+
+    common = ["--n", str(args.n), "--vocab", str(args.vocab), "--hidden", str(args.hidden),
+              "--chunk-size", str(args.chunk_size), "--repeats", str(args.repeats)]
+    common += ["--no-check"] if args.no_check else []
+    common += ["--threads", str(args.threads)] if args.threads else []
 
     info = machine_info()
     warnings = coverage_warnings(cases) if args.cases is None and not args.quick else []
     for w in warnings:
         print("warning:", w, file=sys.stderr)
-    rows = []
     t_start = time.perf_counter()
-    for variant, case in plan_jobs(cases, args.trl_runs):
+    mem_rows, time_rows = [], []
+    for variant, case in plan_memory_jobs(cases, args.trl_runs):
         if args.inprocess:
-            row = worker(variant, case, args.n, args.vocab, args.hidden, args.chunk_size,
-                         args.trl_repeats if variant == "trl" else args.repeats, not args.no_check, args.threads)
+            row = memory_worker(variant, case, *sizes, threads=args.threads)
         else:
-            row = run_worker(__file__, job_args(variant, case))
-        rows.append(row)
-        print(f"  {variant:<8}{case:<12} peak {row['peak_bytes'] / MIB:8.0f} MiB   time {row['time_s']:7.2f} s",
+            row = run_worker(__file__, ["--worker", "mem", variant, case, *common])
+        mem_rows.append(row)
+        print(f"  memory {variant:<8}{case:<12} peak {row['peak_bytes'] / MIB:8.0f} MiB", file=sys.stderr, flush=True)
+    for i, case in enumerate(cases):
+        if args.inprocess:
+            row = timing_worker(case, *sizes, args.repeats, not args.no_check, i == 0, args.threads)
+        else:
+            row = run_worker(__file__, ["--worker", "time", case, *common] + (["--gemm"] if i == 0 else []))
+        time_rows.append(row)
+        print(f"  time   {case:<12} " + "  ".join(f"{v} {median(x):.2f}s" for v, x in row["times_s"].items()),
               file=sys.stderr, flush=True)
-    summary = summarize(rows, cases)
+    summary = summarize(mem_rows, time_rows, cases)
     info["loadavg_end"] = loadavg()
     info["wall_s"] = round(time.perf_counter() - t_start, 1)
 
     table = fmt_table(
         ["objective", "chunked MiB", "dense MiB", "TRL MiB", "mem chunked/TRL", "time chunked/TRL",
-         "chunked/dense time", "check", "targets"],
+         "time dense/TRL", "check", "targets (mem, time)"],
         [[s["label"], s["chunked_peak_mib"], s["dense_peak_mib"], s["trl_peak_mib"], s["mem_ratio_vs_trl"],
-          s["time_ratio_vs_trl"], s["chunked_vs_dense_time"],
+          s["time_ratio_vs_trl"], s["dense_time_ratio_vs_trl"],
           "ok" if s["check_ok"] else ("-" if s["check_ok"] is None else "FAIL"),
-          ("mem " + ("ok" if s["meets_mem_target"] else "MISS") + ", time " + ("ok" if s["meets_time_target"] else "MISS"))]
+          ("ok" if s["meets_mem_target"] else "MISS") + ", " + ("ok" if s["meets_time_target"] else "MISS")]
          for s in summary])
-    trl_rows = [r for r in rows if r["variant"] == "trl"]
+    trl_rows = [r for r in mem_rows if r["variant"] == "trl"]
+    trl_times = [t for r in time_rows for t in r["times_s"]["trl"]]
+    floor = summary[0]["gemm_floor_s"]
     print(f"\nLM head + loss + backward: {args.n} positions x vocab {args.vocab}, hidden {args.hidden}, fp32, "
-          f"chunk {args.chunk_size}; peak = RSS above baseline ({rows[0]['memory_method']})")
-    if trl_rows:
-        print(f"TRL generalized_jsd_loss(beta=0.5): peaks {[round(r['peak_bytes'] / MIB) for r in trl_rows]} MiB, "
-              f"times {[round(t, 2) for r in trl_rows for t in r['times_s']]} s (medians used); the 4 head GEMMs "
-              f"alone take {summary[0]['gemm_floor_s']:.2f} s = {summary[0]['gemm_floor_vs_trl']:.2f} of TRL's time")
+          f"chunk {args.chunk_size}, {mem_rows[0]['threads']} threads; peak = RSS above baseline "
+          f"({mem_rows[0]['memory_method']})")
+    print(f"TRL generalized_jsd_loss(beta=0.5): peak {[round(r['peak_bytes'] / MIB) for r in trl_rows]} MiB; "
+          f"time median {median(trl_times):.2f} s over {len(trl_times)} calls; the 4 head GEMMs alone take "
+          f"{floor:.2f} s (a floor for any exact fp32 variant)")
     print(table)
-    print(f"targets: chunked peak <= {TARGET_MEM:.0%} of TRL, time <= {TARGET_TIME:.0%} of TRL; "
-          f"load average {info['loadavg_start']} -> {info['loadavg_end']}")
+    print(f"targets: chunked peak <= {TARGET_MEM:.0%} of TRL, time <= {TARGET_TIME:.0%} of TRL (time ratios: same "
+          f"process, interleaved); load average {info['loadavg_start']} -> {info['loadavg_end']}")
     path = write_json(out_path(args.out, "loss_memory.json"), {
         "benchmark": "loss_memory", "machine": info, "versions": versions("torch", "trl", "transformers"),
         "config": {"n": args.n, "vocab": args.vocab, "hidden": args.hidden, "chunk_size": args.chunk_size,
-                   "repeats": args.repeats, "trl_runs": args.trl_runs, "trl_repeats": args.trl_repeats,
-                   "inprocess": args.inprocess, "quick": args.quick, "threads": args.threads or info.get("torch_threads")},
+                   "repeats": args.repeats, "trl_runs": args.trl_runs, "inprocess": args.inprocess,
+                   "quick": args.quick, "threads": mem_rows[0]["threads"]},
         "targets": {"mem_ratio_max": TARGET_MEM, "time_ratio_max": TARGET_TIME},
-        "warnings": warnings, "summary": summary, "rows": rows, "table_markdown": table,
+        "warnings": warnings, "summary": summary, "memory_rows": mem_rows, "timing_rows": time_rows,
+        "table_markdown": table,
     })
     print(f"wrote {path}")
     return 0
