@@ -12,12 +12,15 @@ student and teacher LM-head weights [V, H] and the same targets:
            and heads (teacher under no_grad, as GKDTrainer.compute_loss does), labels all valid
 Each run ends with backward(); the student head's weight gradient is counted in every variant.
 
-Memory: every (case, variant) runs in a fresh subprocess; after setup and a small warm-up the kernel's
-peak-RSS counter is reset (see bench/_common.py), so `peak` is the resident memory the measured call
-added above the baseline. Time: the measured call plus `--repeats - 1` more calls in that process
-(median). TRL is the peer: it is measured `--trl-runs` times, spread over the run (first, middle,
-last), and each objective's ratio uses the median TRL figure. The chunked worker also checks the
-chunked loss and gradients against the dense path (relative error <= 1e-5).
+Memory phase: every (case, variant) runs in a fresh subprocess; after setup and a small warm-up the
+kernel's peak-RSS counter is reset (see bench/_common.py), so `peak` is the resident memory the
+measured call added above the baseline. TRL's peak is measured `--trl-runs` times, spread over the
+phase (median used).
+Time phase: one subprocess per objective builds the inputs once and runs chunked, dense and TRL calls
+interleaved (rotating order, `--repeats` rounds), so each ratio compares calls made within seconds of
+each other on a shared, noisy machine; medians. The first process also times the four LM-head GEMMs
+alone (a floor for any exact fp32 implementation). The first round checks chunked against dense:
+loss and gradients (hidden states, head weight) within relative error 1e-5.
 Targets (issue "Performance: memory-efficient distillation losses..."): chunked peak <= 15% of TRL's
 and chunked time <= 50% of TRL's, for every divergence objective.
 """

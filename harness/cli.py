@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "Writes per-example JSONL and an aggregate JSON with the exact protocol.")
     ev.add_argument("model", help="model: Hub id, local HF dir, .gguf file, package:<module>/<file>, or smollm2-135m-instruct")
     ev.add_argument("--tasks", default="gsm8k,humaneval,dialogsum", help="comma-separated tasks (default: all three)")
-    ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples per task")
+    ev.add_argument("--limit", type=int, default=None, help="evaluate N examples per task (a fixed seeded subset)")
+    ev.add_argument("--source", action="append", default=[], metavar="TASK=SOURCE",
+                    help="data source per task: a source name from harness/tasks/<task>.yaml or file:<path> (repeatable)")
     ev.add_argument("--config", default=None, help="YAML with an `eval:` section (EvalConfig) and optional `teacher:` for diagnostics/baselines")
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="eval overrides, e.g. eval.humaneval.n_samples=4")
     ev.add_argument("--output-dir", default="results/eval", help="where records are written (default: results/eval)")

@@ -141,7 +141,14 @@ def run_evaluation_cli(args) -> None:
     eval_cfg = validate(EvalConfig, raw.get("eval", {}), f"{args.config or '<cli>'}:eval")
     teacher_spec = validate(ModelSpec, raw["teacher"], "teacher") if raw.get("teacher") else None
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    task_cfgs = [validate(TaskConfig, {"name": t, "eval_limit": args.limit}, f"--tasks {t}") for t in tasks]
+    sources = {}
+    for item in args.source:
+        if "=" not in item:
+            raise ConfigError(f"--source {item!r}: use TASK=SOURCE, e.g. gsm8k=file:data/test.jsonl")
+        task, src = item.split("=", 1)
+        sources[task.strip()] = src.strip()
+    task_cfgs = [validate(TaskConfig, {"name": t, "eval_limit": args.limit, "eval_source": sources.get(t, "auto")},
+                          f"--tasks {t}") for t in tasks]
     spec = validate(ModelSpec, {"name": args.model}, "model")
     device = pick_device()
     model, tok = load_model(spec, dtype=torch.float32, device=str(device))

@@ -55,3 +55,17 @@ def test_evaluate_all_tasks_writes_records(tiny_model_dir, tmp_path, gsm_file):
     diag = res["diagnostics"]
     assert diag["teacher_kl"] > 0 and diag["ref_ce"] > 0
     assert set(diag["per_task"]) == {"gsm8k", "humaneval", "dialogsum"}
+
+
+def test_eval_cli_on_a_local_checkpoint(tiny_model_dir, tmp_path, gsm_file, capsys):
+    from harness.cli import main
+
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text("eval:\n  gsm8k: {max_new_tokens: 6}\n  diagnostics: false\n")
+    rc = main(["eval", str(tiny_model_dir), "--tasks", "gsm8k", "--config", str(cfg), "--output-dir", str(tmp_path / "ev"),
+               "--no-progress", "--source", f"gsm8k=file:{gsm_file}"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["gsm8k"]["n"] == 3
+    assert (tmp_path / "ev" / "eval" / "gsm8k.jsonl").exists()
+    assert main(["eval", str(tiny_model_dir), "--tasks", "gsm9k"]) == 2
