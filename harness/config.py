@@ -149,6 +149,9 @@ class TrainConfig(StrictModel):
     max_nonfinite_in_row: int = Field(5, ge=1)
     cache_teacher_generations: bool = True
     gradient_checkpointing: bool = False
+    budget: "TrainBudget | None" = Field(
+        None, description="stop every objective when this cost counter reaches the same limit (default: equal "
+                          "optimizer steps, hence equal prompts seen, from epochs/max_steps)")
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "TrainConfig":
@@ -163,6 +166,21 @@ class TrainConfig(StrictModel):
     def paper_preset(cls) -> "TrainConfig":
         """The Veto paper's optimisation settings: lr 1e-5, 3 epochs, clip 1.0, linear decay, T 0.5 / top-p 0.5."""
         return cls(lr=1e-5, epochs=3, grad_clip=1.0, lr_schedule="linear", temperature=0.5, top_p=0.5)
+
+
+class TrainBudget(StrictModel):
+    """Hold a cost equal across objectives: training ends once `metric` reaches `limit`.
+
+    The lr schedule is still laid out over the epochs/max_steps horizon, so set that horizon to
+    roughly where the budget ends if the schedule should complete.
+    """
+
+    metric: Literal["prompts_seen", "generated_tokens", "teacher_forward_tokens", "student_forward_tokens",
+                    "loss_tokens", "train_wall_time_s"]
+    limit: float = Field(..., gt=0)
+
+
+TrainConfig.model_rebuild()
 
 
 class HumanEvalConfig(StrictModel):
@@ -245,12 +263,6 @@ class SweepConfig(StrictModel):
     values: list[Any] = Field(..., min_length=1)
 
 
-class BudgetConfig(StrictModel):
-    """What a suite holds equal across objectives (recorded for all, enforced for `hold_equal`)."""
-
-    hold_equal: Literal["optimizer_steps", "prompts_seen"] = "optimizer_steps"
-
-
 class SuiteConfig(StrictModel):
     """A comparison: every objective x task x seed (x sweep value) trained and evaluated identically."""
 
@@ -265,7 +277,6 @@ class SuiteConfig(StrictModel):
     )
     seeds: list[int] = [0]
     sweeps: list[SweepConfig] = []
-    budget: BudgetConfig = BudgetConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     baselines: list[Literal["teacher", "student_init"]] = ["teacher", "student_init"]

@@ -194,3 +194,41 @@ def test_heads_of_different_size_need_explicit_slicing(tiny_model_dir_factory, t
     res = train(run_config(plain, "supervised_kd"), tmp_path / "s", setup, max_steps=1, progress=False)
     assert res.steps == 1
     assert not torch.equal(before, pair.student.get_output_embeddings().weight.detach()), "the sliced head still trains"
+
+
+def test_token_budget_holds_a_cost_equal_across_objectives(tiny_model_dir, tmp_path):
+    spent = {}
+    for objective in ("sft", "onpolicy_fkl"):
+        setup = make_setup(tiny_model_dir)
+        cfg = run_config(tiny_model_dir, objective, epochs=20, budget={"metric": "student_forward_tokens", "limit": 700})
+        res = train(cfg, tmp_path / objective, setup, max_steps=50, progress=False)
+        s = res.summary
+        assert s["stopped_by_budget"] and 1 < s["optimizer_steps"] < 50
+        per_step = s["student_forward_tokens"] / s["optimizer_steps"]
+        assert 700 <= s["student_forward_tokens"] < 700 + 1.5 * per_step, "stops at the first step past the budget"
+        assert (res.model_dir / "config.json").exists()
+        spent[objective] = (s["student_forward_tokens"], per_step)
+    gap = abs(spent["sft"][0] - spent["onpolicy_fkl"][0])
+    assert gap < 1.5 * max(spent["sft"][1], spent["onpolicy_fkl"][1]), "equal within one step's tokens"
+
+
+def test_lora_student_trains_and_saves_a_merged_checkpoint(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from harness.config import ModelSpec
+    from harness.runner import load_pair
+
+    spec = ModelSpec(name=str(tiny_model_dir), lora={"r": 4, "alpha": 8})
+    pair = load_pair(ModelSpec(name=str(tiny_model_dir)), spec)
+    trainable = [n for n, p in pair.student.named_parameters() if p.requires_grad]
+    assert trainable and all("lora" in n for n in trainable)
+    from harness.training.loop import TrainingSetup
+
+    setup = TrainingSetup(teacher=pair.teacher, student=pair.student, tokenizer=pair.tokenizer,
+                          examples=make_examples(), render_prompt=lambda ex: ex.prompt)
+    res = train(run_config(tiny_model_dir, "supervised_kd", lr=1e-2), tmp_path / "lora", setup, max_steps=2, progress=False)
+    merged = AutoModelForCausalLM.from_pretrained(res.model_dir)
+    assert not any("lora" in k for k in merged.state_dict())
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    diff = max(float((merged.state_dict()[k] - base.state_dict()[k]).abs().max()) for k in base.state_dict())
+    assert diff > 0, "the merged adapters changed the weights"

@@ -178,9 +178,14 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
 
     interrupted = {"flag": False}
     previous_handler = _install_sigint(interrupted)
+    budget = tc.budget
+
+    def budget_spent() -> bool:
+        return budget is not None and counters[budget.metric] >= budget.limit
+
     try:
         with PeakMemory(device) as peak:
-            while state.step < total_steps:
+            while state.step < total_steps and not budget_spent():
                 step = state.step
                 t0 = time.perf_counter()
                 sched = objective.schedule(step, total_steps)
@@ -256,7 +261,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                         f"{state.nonfinite_in_row} non-finite steps in a row (last at step {state.step}); stopping. "
                         f"The last good checkpoint in {run_dir} is intact; lower train.lr or check the objective's parameters."
                     )
-                last = state.step == total_steps
+                last = state.step == total_steps or budget_spent()
                 stop_now = interrupted["flag"] or (stop_after_step is not None and state.step >= stop_after_step)
                 if (state.step % tc.checkpoint_every == 0 or last or stop_now) and finite:
                     if dist.is_main:
@@ -277,9 +282,12 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
         "optimizer_steps": state.step, "total_steps": total_steps, "resumed_from_step": resumed_from,
         "nonfinite_steps": state.nonfinite_steps, "peak_memory_bytes": peak.peak, "world_size": dist.world_size,
         "teacher_signal": signal_needed.value, "loss_chunk_size": tc.loss_chunk_size,
+        "stopped_by_budget": budget_spent() and state.step < total_steps,
+        "budget": budget.model_dump() if budget is not None else None,
         "precision": "bf16" if use_bf16 else "fp32", **{k: counters[k] for k in counters},
     }
-    if state.step >= total_steps and dist.is_main:
+    finished = state.step >= total_steps or budget_spent()
+    if finished and dist.is_main:
         if save_model:
             _save_final_model(student, tok, model_dir)
         atomic_write_json(run_dir / SUMMARY_FILENAME, summary)
