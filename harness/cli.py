@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="data source per task: a source name from harness/tasks/<task>.yaml or file:<path> (repeatable)")
     ev.add_argument("--config", default=None, help="YAML with an `eval:` section (EvalConfig) and optional `teacher:` for diagnostics/baselines")
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="eval overrides, e.g. eval.humaneval.n_samples=4")
+    ev.add_argument("--baseline-model", default=None, metavar="MODEL",
+                    help="model whose DialogSum summaries the judge compares against (default: the config's teacher; "
+                         "set eval.dialogsum.baseline=references to use the first reference instead)")
     ev.add_argument("--output-dir", default="results/eval", help="where records are written (default: results/eval)")
     ev.add_argument("--data-dir", default=None, help="local data directory")
     ev.add_argument("--no-progress", action="store_true", help="hide progress bars")

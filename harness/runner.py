@@ -155,8 +155,22 @@ def run_evaluation_cli(args) -> None:
     teacher = None
     if teacher_spec is not None:
         teacher, _ = load_model(teacher_spec, dtype=torch.float32, device=str(device))
-    results = evaluate_model(model, tok, task_cfgs, eval_cfg, Path(args.output_dir), data_dir=resolve_data_dir(args.data_dir),
-                             teacher=teacher, progress=not args.no_progress)
+    data_dir = resolve_data_dir(args.data_dir)
+    baseline_outputs = None
+    dialogsum = next((t for t in task_cfgs if t.name == "dialogsum"), None)
+    if dialogsum is not None and eval_cfg.dialogsum.baseline != "references":
+        from harness.eval_runner import generate_dialogsum_summaries
+
+        base_spec = validate(ModelSpec, {"name": args.baseline_model}, "--baseline-model") if args.baseline_model else teacher_spec
+        if base_spec is None:
+            raise ConfigError("DialogSum win-rate needs a baseline: pass --baseline-model MODEL, a `teacher:` in --config, "
+                              "or eval.dialogsum.baseline=references")
+        base_model, base_tok = load_model(base_spec, dtype=torch.float32, device=str(device))
+        baseline_outputs = {"dialogsum": generate_dialogsum_summaries(base_model, base_tok, dialogsum, eval_cfg, data_dir,
+                                                                      progress=not args.no_progress)}
+        del base_model
+    results = evaluate_model(model, tok, task_cfgs, eval_cfg, Path(args.output_dir), data_dir=data_dir,
+                             teacher=teacher, baseline_outputs=baseline_outputs, progress=not args.no_progress)
     import json
 
     print(json.dumps(results, indent=2, default=str))

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
-from harness.io import atomic_write_text
+from harness.io import atomic_write_bytes, atomic_write_text
 from harness.report.frame import to_csv, to_frame
 from harness.report.html import render_html
 from harness.report.load import PathLike, Results, load_results
@@ -71,7 +69,7 @@ def build_report(
     written = []
     for plot in plots:
         path = files_dir / plot.filename
-        _atomic_write_bytes(path, plot.png)
+        atomic_write_bytes(path, plot.png)
         written.append(path)
     for stale in sorted(files_dir.glob("*.png")):  # figures of an earlier build that no longer apply
         if stale not in written:
@@ -82,19 +80,3 @@ def build_report(
     atomic_write_text(html_path, render_html(doc))
     atomic_write_text(csv_path, to_csv(to_frame(board)))
     return ReportFiles(md_path, html_path, csv_path, files_dir, written)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Binary counterpart of harness.io.atomic_write_text (temp file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
