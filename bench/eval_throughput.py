@@ -66,7 +66,7 @@ def humaneval_run(problems, workers: int) -> tuple[float, dict]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gsm8k-prompts", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=96, help="the smoke suite's eval.gsm8k.max_new_tokens")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--humaneval-problems", type=int, default=164, help="first N HumanEval problems")

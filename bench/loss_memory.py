@@ -23,6 +23,10 @@ alone (a floor for any exact fp32 implementation). The first round checks chunke
 loss and gradients (hidden states, head weight) within relative error 1e-5.
 Targets (issue "Performance: memory-efficient distillation losses..."): chunked peak <= 15% of TRL's
 and chunked time <= 50% of TRL's, for every divergence objective.
+`--chunk-size` defaults to 64 rows (one [64, 49152] fp32 block = 12 MiB): smaller chunks lower the
+peak (the objective's per-chunk temporaries) but re-read the head weight and re-accumulate its fp32
+gradient once per chunk; TrainConfig's loss_chunk_size default (1024) would make this 1024-position
+case a single chunk, i.e. dense-sized temporaries.
 """
 
 from __future__ import annotations

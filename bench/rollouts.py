@@ -1,6 +1,6 @@
 """Rollout throughput: our HFGenerationBackend.generate vs plain batched model.generate.
 
-    python bench/rollouts.py                    # SmolLM2-135M-Instruct, 32 GSM8K prompts, greedy, 128 new tokens
+    python bench/rollouts.py                    # SmolLM2-135M-Instruct, 32 GSM8K prompts, greedy, 96 new tokens
     python bench/rollouts.py --quick            # tiny random model, 8 synthetic prompts
     python bench/rollouts.py --max-new-tokens 256 --repeats 3
 
@@ -114,7 +114,7 @@ def run_plain(model, tok, prompts, stop, max_new_tokens: int, batch_size: int, u
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-prompts", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=96, help="the smoke suite's eval.gsm8k.max_new_tokens")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)

@@ -179,8 +179,13 @@ def run_trl(beta: float, teacher, student, tok, prompts, steps: int, max_new_tok
         def on_step_end(self, args, state, control, **kw):
             ends.append((time.perf_counter(), holder["mem"].peak_now()))
 
-    rows = [{"prompt": p, "messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]}
-            for p, r in prompts]
+    # Pre-tokenized rows with an explicit completion mask: DataCollatorForChatML then uses exactly our
+    # prompt ids (re-rendering a chat would re-split the prompt/answer boundary by byte offsets).
+    rows = []
+    for p, r in prompts:
+        p_ids = tok(p, add_special_tokens=False)["input_ids"]
+        r_ids = tok(r, add_special_tokens=False)["input_ids"][:max_new_tokens] or [tok.eos_token_id]
+        rows.append({"prompt": p, "input_ids": p_ids + r_ids, "completion_mask": [0] * len(p_ids) + [1] * len(r_ids)})
     args = GKDConfig(
         output_dir=str(tmp / "trl"), per_device_train_batch_size=len(prompts), gradient_accumulation_steps=1,
         max_steps=steps, learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
@@ -191,6 +196,11 @@ def run_trl(beta: float, teacher, student, tok, prompts, steps: int, max_new_tok
     )
     trainer = Timed(model=student, teacher_model=teacher, args=args, train_dataset=Dataset.from_list(rows),
                     processing_class=tok, callbacks=[StepEnd()])
+    # The prompts TRL will generate from must be ours, token for token.
+    batch = trainer.data_collator(rows)
+    trl_prompts = [row[m.bool()].tolist() for row, m in zip(batch["prompts"], batch["prompt_attention_mask"])]
+    if trl_prompts != [tok(p, add_special_tokens=False)["input_ids"] for p, _ in prompts]:
+        raise RuntimeError("TRL's collated prompts differ from ours; the comparison would not be like for like")
     with PeakRSS() as mem:
         holder["mem"] = mem
         t0 = time.perf_counter()
@@ -243,7 +253,7 @@ def worker(framework: str, objective: str, steps: int, max_new_tokens: int, prom
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--objectives", nargs="+", default=OBJECTIVES, choices=OBJECTIVES)
-    p.add_argument("--steps", type=int, default=4, help="optimizer steps per process (the first is a warm-up)")
+    p.add_argument("--steps", type=int, default=3, help="optimizer steps per process (the first is a warm-up)")
     p.add_argument("--repeats", type=int, default=2, help="alternating ours/TRL rounds")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=32)
