@@ -191,7 +191,12 @@ class HFGenerationBackend:
                 else:
                     kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
                 if params.stop:
-                    kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
+                    # Not HF's `stop_strings`: it also matches text that ends the *prompt* (a ChatML
+                    # prompt ends in "\n", so a first "\n" token would stop at once on "\n\n").
+                    from transformers import StoppingCriteriaList
+
+                    kwargs["stopping_criteria"] = StoppingCriteriaList(
+                        [StopOnStrings(tok, params.stop, prompt_width=input_ids.shape[1])])
                 out = self.model.generate(**kwargs)
                 gen = out[:, input_ids.shape[1]:].tolist()
                 for row, k in enumerate(batch):
@@ -206,6 +211,21 @@ class HFGenerationBackend:
         finally:
             self.model.train(was_training)
         return [results[k] for k in range(len(jobs))]
+
+
+class StopOnStrings:
+    """Stopping criterion that looks for stop strings in each row's *generated* text only."""
+
+    def __init__(self, tokenizer, stop: Sequence[str], prompt_width: int, window: int = 32):
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.prompt_width = prompt_width
+        self.window = window  # tail tokens decoded per step; ample for stop strings of a few characters
+
+    def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:
+        generated = input_ids[:, self.prompt_width:]
+        texts = self.tokenizer.batch_decode(generated[:, -self.window:], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], dtype=torch.bool, device=input_ids.device)
 
 
 def _strip_trailing_pad(ids: list[int], pad_id: int, eos_ids: set[int]) -> list[int]:

@@ -134,7 +134,9 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
     if tc.batch_size % dist.world_size:
         raise ValueError(f"train.batch_size {tc.batch_size} must be a multiple of the process count {dist.world_size}")
     params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay)
+    # The fused kernel (CPU and CUDA) is ~4x faster than the default per-tensor loop for a 100M student.
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay,
+                                  fused=all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params))
     scheduler = build_scheduler(optimizer, total_steps, tc.warmup_ratio, tc.lr_schedule)
 
     # --- resume ----------------------------------------------------------------------------------
