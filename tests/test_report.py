@@ -356,7 +356,7 @@ def test_html_valid_self_contained(report) -> None:
     main = parser.tables["main"]
     header, *body = main["rows"]
     assert all(c[0] == "th" for c in header)
-    assert [c[2] for c in header][:3] == ["Method", "Seeds", "GSM8K acc"]
+    assert [c[2] for c in header][:3] == ["Method", "Seed ids", "GSM8K acc"]
     labels = [r[0][2] for r in body]
     assert labels == ["Student (init)", "sft", "supervised_kd", "Veto", "Veto (beta_start=0.3)", "Teacher"]
     assert all(len(r) == len(header) for r in body)

@@ -57,7 +57,7 @@ class Document:
 
 
 def _main_section(board: Leaderboard) -> Section:
-    headers = ["Method", "Seeds"] + [m.label for m in board.metrics]
+    headers = ["Method", "Seed ids"] + [m.label for m in board.metrics]
     rows, kinds = [], []
     for row in board.rows:
         cells = [TCell(row.label), TCell(", ".join(str(s) for s in row.seeds()))]
