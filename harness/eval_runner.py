@@ -119,9 +119,16 @@ def _eval_gsm8k(backend, examples, prompts, task_def, cfg: EvalConfig, model, to
                      "extraction": "#### > \\boxed{} > 'the answer is' > last number"},
     }
     if "lm_eval" in cfg.gsm8k.protocols:
-        from harness.evaluation.gsm8k import run_lm_eval_gsm8k
+        from harness.errors import DataError
+        from harness.evaluation.gsm8k_lm_eval import run_lm_eval_gsm8k
 
-        agg["lm_eval"] = run_lm_eval_gsm8k(model, tokenizer, data_dir=data_dir, limit=tcfg.eval_limit,
+        gsm_dir = Path(data_dir) / "gsm8k" if data_dir else None
+        if gsm_dir is None or not (gsm_dir / "test.jsonl").is_file():
+            raise DataError("the lm_eval GSM8K protocol reads gsm8k/test.jsonl and gsm8k/train.jsonl (5-shot examples) "
+                            "from the data directory: set --data-dir / DISTILL_BENCH_DATA_DIR, or drop `lm_eval` from "
+                            "eval.gsm8k.protocols")
+        # lm-eval's own 5-shot protocol on the same (seeded) limit of test questions.
+        agg["lm_eval"] = run_lm_eval_gsm8k(model, tokenizer, data_dir=gsm_dir, limit=tcfg.eval_limit,
                                            batch_size=cfg.batch_size, num_fewshot=cfg.gsm8k.lm_eval_num_fewshot)
     return agg, rows
 

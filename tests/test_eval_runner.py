@@ -69,3 +69,21 @@ def test_eval_cli_on_a_local_checkpoint(tiny_model_dir, tmp_path, gsm_file, caps
     assert out["gsm8k"]["n"] == 3
     assert (tmp_path / "ev" / "eval" / "gsm8k.jsonl").exists()
     assert main(["eval", str(tiny_model_dir), "--tasks", "gsm9k"]) == 2
+
+
+def test_gsm8k_both_protocols_are_reported(tiny_model_dir, tmp_path):
+    """The paper protocol and lm-eval's own gsm8k task run side by side, labelled."""
+    model, tok = load_tiny(tiny_model_dir)
+    gsm = tmp_path / "data" / "gsm8k"
+    gsm.mkdir(parents=True)
+    rows = [{"question": f"What is {i} plus 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(4)]
+    for split in ("train", "test"):
+        (gsm / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = EvalConfig.model_validate({"batch_size": 2, "diagnostics": False,
+                                     "gsm8k": {"max_new_tokens": 4, "protocols": ["paper", "lm_eval"], "lm_eval_num_fewshot": 1}})
+    res = evaluate_model(model, tok, [TaskConfig(name="gsm8k", eval_source=f"file:{gsm / 'test.jsonl'}", eval_limit=2)], cfg,
+                         tmp_path / "out", data_dir=tmp_path / "data", progress=False)
+    g = res["gsm8k"]
+    assert g["protocol"]["name"] == "paper" and g["n"] == 2
+    assert set(g["lm_eval"]) >= {"strict-match", "flexible-extract", "n", "num_fewshot"}
+    assert g["lm_eval"]["n"] == 2 and g["lm_eval"]["num_fewshot"] == 1
