@@ -102,7 +102,7 @@ def _eval_gsm8k(backend, examples, prompts, task_def, cfg: EvalConfig, model, to
     from harness.runner import task_stop_strings
 
     params = GenerationParams(max_new_tokens=cfg.gsm8k.max_new_tokens, temperature=0.0,
-                              stop=task_stop_strings(task_def, "eval"))
+                              stop=task_stop_strings(task_def))
     outs = backend.generate(prompts, params)
     rows = []
     for ex, prompt, out in zip(examples, prompts, outs):
@@ -234,7 +234,7 @@ def dialogsum_params(task_def, cfg: EvalConfig) -> GenerationParams:
     from harness.runner import task_stop_strings
 
     return GenerationParams(max_new_tokens=cfg.dialogsum.max_new_tokens, temperature=0.0,
-                            stop=task_stop_strings(task_def, "eval"))
+                            stop=task_stop_strings(task_def))
 
 
 def generate_dialogsum_summaries(model, tokenizer, task_cfg: TaskConfig, cfg: EvalConfig, data_dir: Path | None,
@@ -268,6 +268,7 @@ def reference_diagnostics(model, teacher, tokenizer, examples, render, max_token
     from harness.generation import encode_prompts
     from harness.training.batching import TokenSequence, collate
     from harness.training.forward import lm_head, loss_hidden_states
+    from objectives import divergences as D
 
     seqs = []
     for ex in examples:
@@ -288,16 +289,16 @@ def reference_diagnostics(model, teacher, tokenizer, examples, render, max_token
     try:
         for i in range(0, len(seqs), 4):
             batch = collate(seqs[i : i + 4], pad_id).to(device)
-            s_logp = torch.log_softmax(lm_head(model)(loss_hidden_states(model, batch)).float(), dim=-1)
+            s_logp = D.log_probs(lm_head(model)(loss_hidden_states(model, batch)))
             ce_sum += float(-s_logp.gather(1, batch.targets[:, None]).sum())
             if teacher is not None:
-                t_logp = torch.log_softmax(lm_head(teacher)(loss_hidden_states(teacher, batch)).float(), dim=-1)
+                t_logp = D.log_probs(lm_head(teacher)(loss_hidden_states(teacher, batch)))
                 if t_logp.shape[-1] != s_logp.shape[-1]:
                     # Heads of different sizes over one tokenizer (checked at load): compare its columns.
                     cols = len(tokenizer)
-                    t_logp = torch.log_softmax(t_logp[:, :cols], -1)
-                    s_logp = torch.log_softmax(s_logp[:, :cols], -1)
-                kl_sum += float((t_logp.exp() * (t_logp - s_logp)).sum(-1).clamp_min(0).sum())
+                    t_logp = D.log_probs(t_logp[:, :cols])
+                    s_logp = D.log_probs(s_logp[:, :cols])
+                kl_sum += float(D.forward_kl(t_logp, s_logp).sum())
             n += batch.n_loss_tokens
     finally:
         model.train(was_training)

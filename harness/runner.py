@@ -76,15 +76,11 @@ def prompt_renderer(task_def, tokenizer):
     """Example -> rendered prompt text (chat template applied when the task says so)."""
     from harness.data import render_chat_prompt
 
-    use_chat = bool(getattr(task_def, "chat_template", getattr(task_def, "use_chat_template", True)))
-    return lambda ex: render_chat_prompt(tokenizer, ex.prompt, use_chat_template=use_chat)
+    return lambda ex: render_chat_prompt(tokenizer, ex.prompt, use_chat_template=task_def.use_chat_template)
 
 
-def task_stop_strings(task_def, split: str = "train") -> tuple[str, ...]:
-    stop = getattr(task_def, "stop", None)
-    if stop is None and hasattr(task_def, "generation"):
-        stop = getattr(task_def.generation, "stop", None)
-    return tuple(stop or ())
+def task_stop_strings(task_def) -> tuple[str, ...]:
+    return tuple(task_def.stop or ())
 
 
 def teacher_cache_file(teacher_dir: Path | None, task: str) -> Path:
