@@ -40,7 +40,7 @@ def load_model_and_prompts(quick: bool, n_prompts: int, tmp: Path):
     from harness.runner import prompt_renderer, task_stop_strings
 
     task = get_task("gsm8k")
-    stop = task_stop_strings(task, "eval")
+    stop = task_stop_strings(task)
     if quick:
         from transformers import AutoModelForCausalLM
 
