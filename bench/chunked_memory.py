@@ -97,7 +97,7 @@ def run_one(args: argparse.Namespace, objective: str, path: str, chunk_size: int
     cmd = [sys.executable, __file__, "--worker", objective, path, "--n", str(args.n), "--vocab", str(args.vocab),
            "--hidden", str(args.hidden), "--chunk-size", str(chunk_size), "--repeats", str(args.repeats),
            "--device", args.device]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"worker failed ({objective}, {path}):\n{proc.stderr[-3000:]}")

@@ -135,6 +135,7 @@ def run_ours(objective: str, teacher, student, tok, prompts, steps: int, max_new
     tokens: list[int] = []
     completion: list[int] = []
     ends: list[tuple[float, int]] = []
+    phases: list[dict] = []  # the stage's own per-step time split (telemetry), for the breakdown
     orig_collate, orig_append = L.collate, TelemetryLog.append
 
     def collate(seqs, pad_id, *a, **k):
@@ -146,6 +147,7 @@ def run_ours(objective: str, teacher, student, tok, prompts, steps: int, max_new
     with PeakRSS() as mem:
         def append(self, row):
             ends.append((time.perf_counter(), mem.peak_now()))
+            phases.append({k: row.get(k) for k in ("sequences_s", "forward_backward_s", "optimizer_s")})
             return orig_append(self, row)
 
         L.collate, TelemetryLog.append = collate, append
@@ -154,7 +156,11 @@ def run_ours(objective: str, teacher, student, tok, prompts, steps: int, max_new
             L.train(cfg, tmp / "run", setup, progress=False)
         finally:
             L.collate, TelemetryLog.append = orig_collate, orig_append
-    return _step_stats(t0, ends, tokens, completion, len(prompts), mem)
+    stats = _step_stats(t0, ends, tokens, completion, len(prompts), mem)
+    timed = phases[1:]  # step 0 is the warm-up
+    stats["phase_median_s"] = {k: median([p[k] for p in timed if p.get(k) is not None])
+                               for k in ("sequences_s", "forward_backward_s", "optimizer_s")} if timed else {}
+    return stats
 
 
 def run_trl(beta: float, teacher, student, tok, prompts, steps: int, max_new_tokens: int, tmp: Path) -> dict:
@@ -323,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             "ours_completion_len": median([x["mean_completion_len"] for x in ours]),
             "trl_completion_len": median([x["mean_completion_len"] for x in trl]),
             "meets_target": speedup >= TARGET_SPEEDUP and ours_peak <= trl_peak,
+            "ours_phase_median_s": {k: median([x["phase_median_s"][k] for x in ours if x.get("phase_median_s")])
+                                    for k in ("sequences_s", "forward_backward_s", "optimizer_s")},
         })
     info["loadavg_end"] = loadavg()
     info["wall_s"] = round(time.perf_counter() - t_start, 1)
@@ -336,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nFull on-policy step, batch {args.batch}, prompts {rows[0]['prompt_lens']} tokens, max_new_tokens "
           f"{args.max_new_tokens}, {args.steps - 1} timed steps x {args.repeats} rounds, {rows[0]['threads']} threads")
     print(table)
+    for s in summary:
+        ph = s["ours_phase_median_s"]
+        print(f"ours {s['objective']}: step split (median s) sequences/rollout {ph['sequences_s']:.2f}, "
+              f"forward+backward {ph['forward_backward_s']:.2f}, optimizer+rest {ph['optimizer_s']:.2f}")
     print(f"target: >= {TARGET_SPEEDUP}x TRL tokens/s at <= TRL peak memory; load average "
           f"{info['loadavg_start']} -> {info['loadavg_end']}")
     path = write_json(out_path(args.out, "train_step.json"), {

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from harness.config import RunConfig, SuiteConfig, TaskConfig, dump_yaml, load_suite_config
 from harness.errors import ConfigError
 from harness.io import atomic_write_json, atomic_write_text, read_json
@@ -167,14 +169,26 @@ class SuiteRunner:
         return f.is_file() and read_json(f).get("status") == "done"
 
     def write_snapshot(self, cells: list[Cell]) -> None:
+        """Write suite.yaml (the config these results come from), refusing a config that would mix
+        incomparable results: growing the matrix (seeds, objectives, tasks, sweep values, baselines)
+        is fine, changing anything a finished cell depends on is not. Earlier snapshots are kept."""
         self.results_dir.mkdir(parents=True, exist_ok=True)
         snap = self.results_dir / "suite.yaml"
         text = dump_yaml(self.cfg)
         if snap.exists() and snap.read_text() != text:
-            raise ConfigError(
-                f"{self.results_dir} holds results of a different configuration of suite {self.cfg.name!r}; "
-                "use another --results-dir or a new suite name rather than mixing results"
-            )
+            previous = yaml.safe_load(snap.read_text()) or {}
+            problems = snapshot_conflicts(previous, self.cfg.model_dump(mode="json"))
+            if problems:
+                raise ConfigError(
+                    f"{self.results_dir} holds results of suite {self.cfg.name!r} under another configuration: "
+                    + "; ".join(problems)
+                    + ". Finished cells would not be comparable with new ones: restore those settings, or use "
+                    "another --results-dir (or suite name). Adding seeds, objectives, tasks, sweep values or "
+                    "baselines is allowed."
+                )
+            history = self.results_dir / "suite_history"
+            history.mkdir(exist_ok=True)
+            atomic_write_text(history / f"suite.{len(list(history.glob('suite.*.yaml')))}.yaml", snap.read_text())
         atomic_write_text(snap, text)
         atomic_write_json(self.results_dir / "environment.json", environment_info())
         atomic_write_json(self.results_dir / "plan.json", {"schema_version": SCHEMA_VERSION,
@@ -301,6 +315,44 @@ class SuiteRunner:
                                                  progress=self.progress)
         atomic_write_json(path, summaries)
         return {"dialogsum": summaries}
+
+
+# Fields that only enumerate cells: they may grow between runs into one results directory.
+_MATRIX_FIELDS = ("tasks", "objectives", "task_objective_params", "seeds", "sweeps", "baselines")
+# Fields that change no result.
+_COSMETIC_FIELDS = ("description", "keep_models")
+
+
+def snapshot_conflicts(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Why results written under `previous` (a suite config as JSON) may not be mixed with `current`.
+
+    Every shared setting (models, training, evaluation, data) must be equal; a task or objective
+    present in both must be configured identically, as must per-task parameters they share.
+    """
+    problems = []
+    for key in sorted(set(previous) | set(current)):
+        if key in _MATRIX_FIELDS or key in _COSMETIC_FIELDS:
+            continue
+        if previous.get(key) != current.get(key):
+            problems.append(f"`{key}` changed")
+
+    def by(entries: list[dict], name_key: str) -> dict[str, dict]:
+        return {e.get("label") or e.get(name_key): e for e in entries or []}
+
+    for field, name_key in (("tasks", "name"), ("objectives", "name")):
+        old, new = by(previous.get(field), name_key), by(current.get(field), name_key)
+        problems += [f"{field} entry `{k}` changed" for k in sorted(set(old) & set(new)) if old[k] != new[k]]
+    old_tp, new_tp = previous.get("task_objective_params") or {}, current.get("task_objective_params") or {}
+    for task in sorted(set(old_tp) & set(new_tp)):
+        for label in sorted(set(old_tp[task]) & set(new_tp[task])):
+            if old_tp[task][label] != new_tp[task][label]:
+                problems.append(f"task_objective_params.{task}.{label} changed")
+    old_sw = {s.get("objective"): s for s in previous.get("sweeps") or []}
+    new_sw = {s.get("objective"): s for s in current.get("sweeps") or []}
+    for label in sorted(set(old_sw) & set(new_sw)):
+        if old_sw[label].get("param") != new_sw[label].get("param"):
+            problems.append(f"sweep of `{label}` now varies another parameter")
+    return problems
 
 
 def stability_summary(telemetry_path: Path) -> dict[str, Any]:

@@ -11,14 +11,14 @@ from objectives.base import LossChunk
 
 def student_logp(chunk: LossChunk) -> Tensor:
     """log p_S at every position, [N, V], in at least fp32 (carries the graph)."""
-    return D.log_probs(chunk.student_logits)
+    return chunk.student_logprobs()
 
 
 def teacher_logp(chunk: LossChunk, objective_name: str) -> Tensor:
     """log p_T at every position, [N, V]; a clear error if the chunk has no teacher logits."""
     if chunk.teacher_logits is None:
         raise ObjectiveError(f"objective {objective_name!r} needs full teacher logits, the chunk has none")
-    return D.log_probs(chunk.teacher_logits.detach())
+    return chunk.teacher_logprobs()
 
 
 def cross_entropy(chunk: LossChunk) -> Tensor:

@@ -25,7 +25,7 @@ import threading
 import typing
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from importlib import metadata
 from pathlib import Path
@@ -93,10 +93,34 @@ class LossChunk:
     teacher_logits: Tensor | None  # [N, V]
     targets: Tensor  # [N] long: the token at each loss position
     teacher_target_logprobs: Tensor | None = None  # [N]
+    _student_logp: Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    _teacher_logp: Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n_tokens(self) -> int:
         return int(self.targets.shape[0])
+
+    def student_logprobs(self) -> Tensor:
+        """log_softmax(student_logits) [N, V] in >= fp32, carrying the graph; computed once per chunk.
+
+        Objectives should prefer this to their own log_softmax: the engine reuses the same tensor
+        for its telemetry (entropy, teacher KL), which saves two full-vocabulary passes per chunk.
+        """
+        if self._student_logp is None:
+            from objectives.divergences import log_probs  # divergences imports nothing from here
+
+            self._student_logp = log_probs(self.student_logits)
+        return self._student_logp
+
+    def teacher_logprobs(self) -> Tensor | None:
+        """log_softmax(teacher_logits) [N, V] (no graph), computed once; None without teacher logits."""
+        if self.teacher_logits is None:
+            return None
+        if self._teacher_logp is None:
+            from objectives.divergences import log_probs
+
+            self._teacher_logp = log_probs(self.teacher_logits.detach())
+        return self._teacher_logp
 
 
 class ObjectiveParams(BaseModel):

@@ -6,23 +6,20 @@ value per position, shape [N]. Inputs below fp32 (bf16, fp16) are upcast to fp32
 
 Numerics (why the formulas look the way they do):
 
-* KL(P||Q) is evaluated in its "generalized" form  Σ_v [q_v − p_v − p_v·log(q_v/p_v)], which equals
-  Σ p log(p/q) because both distributions sum to one, but whose terms are ≥ 0 termwise: for p > 0
-  the term is p·expm1(L) − p·L with L = log q − log p, and expm1(L) ≥ L survives rounding. The
-  naive sum of mixed-sign terms comes out slightly negative in fp32 for nearly equal inputs
-  (e.g. upcast bf16); this form cannot (beyond a last-bit rounding, removed by clamping the
-  per-position value at 0). It is exactly 0, with exactly 0 gradient, when P = Q bitwise.
-  For L > 20 the term is evaluated as q − p − p·L (expm1 would overflow). Where p = 0 the term
-  is q (the p → 0 limit), so no q-mass is lost when p underflows.
-* The KL has an analytic backward and recomputes its intermediates there, so the dense path does
-  not keep a dozen [N, V] tensors alive until backward.
-* −inf log-probabilities (masked tokens): exp() gives exactly 0; log ratios are masked where p = 0
-  and clamped at −1e30 where q = 0, and mixture inputs are clamped at −1e30, so no inf − inf or
-  0·inf reaches a gradient. A consequence: KL(P||Q) with q = 0 where p > 0 is a huge finite
-  number (~1e30·p), not inf.
-* Mixtures (skew KL, JSD) never form log M − log P by subtraction: log(M/P) is computed as
-  logaddexp(log w, log(1−w) + log(O/P)), which stays accurate when the mixture weight is tiny.
-  This is what keeps the β(1−β)-normalized JSD accurate near β = 0 and β = 1.
+* KL(P||Q) of two normalized distributions is the direct sum Σ p·(log p − log q), one fused
+  row dot product (the loss path is memory-bound; this is ~4 passes over [N, V] where a termwise
+  form costs ~15). It is exactly 0 when P = Q bitwise; rows of nearly equal distributions (e.g.
+  upcast bf16) can round a last bit below 0, so every per-position value is clamped at 0.
+* Mixtures (skew KL, JSD): KL(P||M) = −Σ p·log(M/P), and log(M/P) is never formed as
+  log M − log P by subtraction: it is logaddexp(log w, log(1−w) + log(O/P)), accurate to its own
+  size even when the mixture weight is tiny. The rounding error of the sum is then ~eps times
+  the value's scale, which keeps the β(1−β)-normalized JSD accurate near β = 0 and β = 1
+  (tested against fp64 down to β = 1e-6).
+* The plain KL has an analytic backward and recomputes p and q there, so the dense path does
+  not keep [N, V] intermediates alive until backward.
+* −inf log-probabilities (masked tokens) are clamped at −1e30: exp() gives exactly 0 and no
+  inf − inf or 0·inf reaches a value or a gradient. A consequence: KL(P||Q) with q = 0 where
+  p > 0 is a huge finite number (~1e30·p), not inf.
 """
 
 from __future__ import annotations
@@ -48,7 +45,7 @@ __all__ = [
 ]
 
 _NEG_LOGP = -1e30  # stands in for -inf: exp() is exactly 0, differences stay finite
-_EXPM1_SWITCH = 20.0  # above this, p*expm1(L) is evaluated as q - p (no overflow)
+NEG_LOGP = _NEG_LOGP  # public alias for callers that clamp log-probabilities the same way
 
 
 def upcast(x: Tensor) -> Tensor:
@@ -72,77 +69,46 @@ def token_logprob(logp: Tensor, targets: Tensor) -> Tensor:
     return upcast(logp).gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
 
 
-def _mass_and_ratio(lp: Tensor, lq: Tensor, log_ratio: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """p, the mask p > 0, and L = log(q/p) made finite (0 where p = 0, ≥ −1e30 elsewhere)."""
-    p = lp.exp()  # −inf → exactly 0
-    has_mass = p > 0
-    L = lq - lp if log_ratio is None else log_ratio.clone()
-    # L is nan/inf only where p = 0 (unused there) or q = 0 (KL infinite: keep it finite).
-    L.masked_fill_(~has_mass, 0.0).clamp_min_(_NEG_LOGP)
-    return p, has_mass, L
+def row_dot(a: Tensor, b: Tensor) -> Tensor:
+    """Σ_v a·b per row, [N, V] × [N, V] → [N], without an [N, V] product temporary.
+
+    (linalg.vecdot measured 1.3x faster than (a * b).sum(-1) and 4x faster than a batched GEMV
+    on [64, 49152] fp32 rows, one CPU thread.)
+    """
+    return torch.linalg.vecdot(a, b)
 
 
-class _GeneralizedKL(torch.autograd.Function):
-    """Σ_v [q − p − p·L] per position, L = log(q/p); value ≥ 0 termwise, analytic backward.
+class _KL(torch.autograd.Function):
+    """KL(P||Q) = Σ p·(log p − log q) per position for log-probabilities, with an analytic backward.
 
-    Saves only its inputs and recomputes the rest in backward, and works in place where it can,
-    so the dense path does not keep a dozen [N, V] intermediates alive.
+    Saves only its inputs and recomputes p and q in backward, so the dense path does not keep
+    [N, V] intermediates alive until backward.
     """
 
     @staticmethod
-    def forward(ctx, p_logp: Tensor, q_logp: Tensor, log_ratio: Tensor | None) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(p_logp, q_logp, log_ratio)
-        p, has_mass, L = _mass_and_ratio(p_logp, q_logp, log_ratio)
-        accurate = (L <= _EXPM1_SWITCH) & has_mass
-        del has_mass
-        # p>0, L moderate: p·expm1(L) − p·L (≥ 0 after rounding since expm1(L) ≥ L);
-        # p>0, L large: q − p − p·L (expm1 would overflow); p = 0: q (then p·L = 0).
-        # In-place steps keep the number of live [N, V] temporaries at four.
-        term = L.clamp_max(_EXPM1_SWITCH).expm1_().mul_(p)
-        q_minus_p = q_logp.exp().sub_(p)  # equals q where p = 0
-        torch.where(accurate, term, q_minus_p, out=term)
-        del q_minus_p
-        term.addcmul_(p, L, value=-1.0)
-        return term.sum(-1)
+    def forward(ctx, p_logp: Tensor, q_logp: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(p_logp, q_logp)
+        lp = p_logp.clamp_min(_NEG_LOGP)  # −inf (masked token): p = 0 and no 0·inf below
+        return row_dot(lp.exp(), lp - q_logp.clamp_min(_NEG_LOGP))
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        p_logp, q_logp, log_ratio = ctx.saved_tensors
-        need_p, need_q, need_r = ctx.needs_input_grad
-        p, has_mass, L = _mass_and_ratio(p_logp, q_logp, log_ratio)
+        p_logp, q_logp = ctx.saved_tensors
+        need_p, need_q = ctx.needs_input_grad
         g = grad.unsqueeze(-1)
-        g_lp = g_lq = g_r = None
-        if log_ratio is None:
-            # L = lq − lp: ∂/∂lp = −p·L, ∂/∂lq = q − p (exactly 0 when P = Q bitwise).
-            if need_p:
-                g_lp = (p * L).mul_(-g)
-            if need_q:
-                g_lq = q_logp.exp().sub_(p).mul_(g)
-            return g_lp, g_lq, None
-        # L is an independent input (computed accurately by the caller). Per branch:
-        #   p>0, moderate: term = p·expm1(L) − p·L → ∂lp = p·expm1(L) − p·L, ∂lq = 0, ∂L = p·expm1(L)
-        #   p>0, large:    term = q − p − p·L      → ∂lp = −p − p·L,         ∂lq = q, ∂L = −p
-        #   p = 0:         term = q                → ∂lp = 0,                ∂lq = q, ∂L = 0
-        accurate = (L <= _EXPM1_SWITCH) & has_mass
-        d_L = L.clamp_max(_EXPM1_SWITCH).expm1_().mul_(p)
-        torch.where(accurate | ~has_mass, d_L, -p, out=d_L)
-        if need_p:
-            g_lp = d_L.addcmul(p, L, value=-1.0).mul_(g)
-        if need_q:
-            g_lq = q_logp.exp().masked_fill_(accurate, 0.0).mul_(g)
-        if need_r:
-            g_r = d_L.mul_(g)
-        return g_lp, g_lq, g_r
-
-
-def _generalized_kl(p_logp: Tensor, q_logp: Tensor, log_ratio: Tensor | None = None) -> Tensor:
-    """Σ_v [q − p − p·L], L = log(q/p) (given accurately by the caller, or lq − lp); ≥ 0."""
-    return _GeneralizedKL.apply(p_logp, q_logp, log_ratio).clamp_min(0)
+        g_lp = g_lq = None
+        if need_p:  # ∂/∂lp = p·(lp − lq + 1); the constant +p vanishes in log-softmax's backward
+            lp = p_logp.clamp_min(_NEG_LOGP)
+            g_lp = (lp - q_logp.clamp_min(_NEG_LOGP)).add_(1.0).mul_(lp.exp()).mul_(g)
+        if need_q:  # the usual case (P is the teacher): ∂/∂lq = −p, written as q − p (equal after
+            # log-softmax's backward, and exactly 0 when P = Q bitwise)
+            g_lq = q_logp.exp().sub_(p_logp.exp()).mul_(g)
+        return g_lp, g_lq
 
 
 def kl_divergence(p_logp: Tensor, q_logp: Tensor) -> Tensor:
     """KL(P || Q) = Σ p (log p − log q) per position, ≥ 0."""
-    return _generalized_kl(upcast(p_logp), upcast(q_logp))
+    return _KL.apply(upcast(p_logp), upcast(q_logp)).clamp_min(0)
 
 
 def forward_kl(teacher_logp: Tensor, student_logp: Tensor) -> Tensor:
@@ -165,8 +131,10 @@ def mixture_kl(p_logp: Tensor, other_logp: Tensor, weight: float) -> Tensor:
     log_w, log_1mw = math.log(weight), math.log1p(-weight)
     # log(M/P) = log(w + (1-w)·O/P), accurate even when w or 1-w is tiny.
     log_ratio = torch.logaddexp(lp.new_tensor(log_w), log_1mw + (lo - lp))
-    log_m = torch.logaddexp(log_w + lp, log_1mw + lo)
-    return _generalized_kl(lp, log_m, log_ratio)
+    # KL(P||M) = −Σ p·log(M/P). Each term is accurate to its own size (the log ratio is never a
+    # difference of two large logs), so the rounding error is ~eps·Σ p·|log(M/P)|, which is
+    # O(eps·(1 − w)): small next to the value even after the JSD divides it by a mixture weight.
+    return (-row_dot(lp.exp(), log_ratio)).clamp_min(0)
 
 
 def skew_kl(teacher_logp: Tensor, student_logp: Tensor, alpha: float) -> Tensor:

@@ -125,3 +125,38 @@ def test_dry_run_shard_selects_a_disjoint_subset(capsys):
     b = {l.split()[0] for l in capsys.readouterr().out.splitlines() if "__" in l}
     assert a and b and not (a & b)
     assert main(["run", "smoke", "--dry-run", "--shard", "3/2"]) == 2
+
+
+def _smoke_cfg(**changes):
+    """The packaged smoke suite with top-level fields replaced."""
+    from harness.config import SuiteConfig
+    from harness.suite import resolve_suite_path
+
+    raw = yaml.safe_load(resolve_suite_path("smoke").read_text())
+    return SuiteConfig.model_validate({**raw, **changes})
+
+
+def test_results_dir_accepts_a_grown_matrix_but_refuses_changed_settings(tmp_path):
+    from harness.suite import SuiteRunner, plan_cells
+
+    base = _smoke_cfg()
+    SuiteRunner(base, tmp_path).write_snapshot(plan_cells(base))
+    # more seeds, another objective, a new sweep, a changed description: the finished cells stay valid
+    grown = _smoke_cfg(seeds=[0, 1], description="now with two seeds",
+                       objectives=[*base.model_dump(mode="json")["objectives"], {"name": "gkd"}],
+                       sweeps=[{"objective": "veto", "param": "beta_start", "values": [0.3, 1.0]}])
+    SuiteRunner(grown, tmp_path).write_snapshot(plan_cells(grown))
+    assert (tmp_path / "smoke" / "suite_history" / "suite.0.yaml").is_file()
+    assert yaml.safe_load((tmp_path / "smoke" / "suite.yaml").read_text())["seeds"] == [0, 1]
+    # a changed learning rate, a changed task limit or changed objective parameters: refused, naming the field
+    train = {**grown.model_dump(mode="json")["train"], "lr": 1e-4}
+    tasks = grown.model_dump(mode="json")["tasks"]
+    tasks[0] = {**tasks[0], "eval_limit": 99}
+    objectives = grown.model_dump(mode="json")["objectives"]
+    veto = [o for o in objectives if o["name"] == "veto"][0]
+    veto["params"] = {**veto["params"], "beta_end": 0.1}
+    for bad, needle in ((dict(train=train), "`train` changed"), (dict(tasks=tasks), "tasks entry `gsm8k` changed"),
+                        (dict(objectives=objectives), "objectives entry `veto` changed")):
+        cfg = _smoke_cfg(**{**grown.model_dump(mode="json"), **bad})
+        with pytest.raises(ConfigError, match=needle):
+            SuiteRunner(cfg, tmp_path).write_snapshot(plan_cells(cfg))

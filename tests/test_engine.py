@@ -267,7 +267,7 @@ def test_chunked_peak_memory_at_real_vocab_size() -> None:
     """1024 positions x 49,152 vocab (SmolLM2's), hidden 64: chunked peak well below dense (subprocess)."""
     import json
 
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, "onpolicy_fkl"], capture_output=True, text=True,
                           env=env, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -199,6 +199,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                 seqs = builder.build([setup.examples[i] for i in idx], source,
                                      seed=cfg.seed * 1_000_003 + step * 101 + dist.rank)
                 n_global = dist.all_reduce_sum(sum(len(s.completion_ids) for s in seqs))
+                t_sequences = time.perf_counter()
 
                 # 2. forward/backward over micro-batches, normalized by the GLOBAL loss-token count
                 loss_sum = entropy_sum = kl_sum = 0.0
@@ -218,6 +219,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                     entropy_sum += res.entropy_sum
                     kl_sum += res.kl_sum
                 dist.all_reduce_grads(params)
+                t_backward = time.perf_counter()
 
                 # 3. clip, guard against non-finite values, step
                 loss_value = dist.all_reduce_sum(loss_sum) / max(n_global, 1.0)
@@ -248,7 +250,10 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                     "entropy": dist.all_reduce_sum(entropy_sum) / max(n_global, 1.0),
                     "teacher_kl": dist.all_reduce_sum(kl_sum) / max(n_global, 1.0) if t_head is not None else None,
                     "tokens_per_s": dist.all_reduce_sum(fwd_tokens) / dt if dt > 0 else None,
-                    "source": source.value, "loss_tokens": int(n_global), "nonfinite": not finite, **sched,
+                    "source": source.value, "loss_tokens": int(n_global), "nonfinite": not finite,
+                    # where the step's time went: sequences (rollouts included), forward+backward, the rest
+                    "sequences_s": t_sequences - t0, "forward_backward_s": t_backward - t_sequences,
+                    "optimizer_s": time.perf_counter() - t_backward, **sched,
                 }
                 if dist.is_main:
                     telemetry.append(row)
