@@ -75,7 +75,7 @@ TARGET_MEM, TARGET_TIME = 0.15, 0.50
 # ---------------------------------------------------------------------------------------------
 # Worker: one variant of one case
 # ---------------------------------------------------------------------------------------------
-def make_inputs(n: int, vocab: int, hidden: int, seed: int = 0):
+def make_inputs(n: int, vocab: int, hidden: int, seed: int = 0, device: str = "cpu"):
     """Hidden states, heads and targets. Head scale gives logits with std ~3 (peaked, LM-like)."""
     import torch
 
@@ -86,10 +86,10 @@ def make_inputs(n: int, vocab: int, hidden: int, seed: int = 0):
         w = torch.randn(vocab, hidden, generator=g) * (3.0 / hidden**0.5)
         head.weight.copy_(w)
         t_head.weight.copy_(w + torch.randn(vocab, hidden, generator=g) * (1.5 / hidden**0.5))
-    h = torch.randn(n, hidden, generator=g).requires_grad_(True)
-    th = torch.randn(n, hidden, generator=g) * 0.7 + h.detach() * 0.7
+    h = torch.randn(n, hidden, generator=g)
+    th = torch.randn(n, hidden, generator=g) * 0.7 + h * 0.7
     y = torch.randint(0, vocab, (n,), generator=g)
-    return h, head, th, t_head, y
+    return (h.to(device).requires_grad_(True), head.to(device), th.to(device), t_head.to(device), y.to(device))
 
 
 def make_step(variant: str, case: str, h, head, th, t_head, y, chunk_size: int):
@@ -146,6 +146,7 @@ def gemm_floor(h, head, th, t_head) -> float:
         t_logits = th @ t_head.weight.t()
         _ = s_logits @ head.weight
         _ = s_logits.t() @ h
+        _sync(h.device)
         dt = time.perf_counter() - t0
     del s_logits, t_logits
     return dt
@@ -159,12 +160,43 @@ def _rel_err(a, b) -> float:
     return diff / max(scale, 1e-30)
 
 
-def _setup(n: int, vocab: int, hidden: int, threads: int | None):
+def _sync(device) -> None:
+    """Wait for queued GPU work so wall-clock intervals cover it (no-op on CPU)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class CudaPeak:
+    """Peak allocated CUDA memory above the allocation at entry (the allocator's own counters)."""
+
+    method = "cuda_max_memory_allocated"
+
+    def __init__(self, device) -> None:
+        self.device = device
+
+    def __enter__(self) -> "CudaPeak":
+        import torch
+
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.baseline = torch.cuda.memory_allocated(self.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        torch.cuda.synchronize(self.device)
+        self.peak_above_baseline = torch.cuda.max_memory_allocated(self.device) - self.baseline
+
+
+def _setup(n: int, vocab: int, hidden: int, threads: int | None, device: str = "cpu"):
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    h, head, th, t_head, y = make_inputs(n, vocab, hidden)
+    h, head, th, t_head, y = make_inputs(n, vocab, hidden, device=device)
 
     def clear() -> None:
         h.grad = None
@@ -182,15 +214,16 @@ def _warm_up(variant: str, case: str, h, head, th, t_head, y, chunk_size: int) -
 
 
 def memory_worker(variant: str, case: str, n: int, vocab: int, hidden: int, chunk_size: int,
-                  threads: int | None = None) -> dict:
-    """Fresh process: peak RSS of one measured call above the post-setup baseline."""
+                  threads: int | None = None, device: str = "cpu") -> dict:
+    """Fresh process: peak RSS (CPU) or peak allocated memory (CUDA) of one measured call above the
+    post-setup baseline."""
     import torch
 
-    h, head, th, t_head, y, clear = _setup(n, vocab, hidden, threads)
+    h, head, th, t_head, y, clear = _setup(n, vocab, hidden, threads, device)
     _warm_up(variant, case, h, head, th, t_head, y, chunk_size)
     clear()
     step = make_step(variant, case, h, head, th, t_head, y, chunk_size)
-    with PeakRSS() as mem:
+    with (CudaPeak(h.device) if h.device.type == "cuda" else PeakRSS()) as mem:
         t0 = time.perf_counter()
         loss = step()
         dt = time.perf_counter() - t0
@@ -200,17 +233,17 @@ def memory_worker(variant: str, case: str, n: int, vocab: int, hidden: int, chun
         "params": CASES[case][1] if variant != "trl" else {"beta": 0.5},
         "n": n, "vocab": vocab, "hidden": hidden, "chunk_size": chunk_size if variant == "chunked" else None,
         "peak_bytes": mem.peak_above_baseline, "baseline_rss_bytes": mem.baseline, "memory_method": mem.method,
-        "time_s": dt, "loss": loss, "threads": torch.get_num_threads(),
+        "time_s": dt, "loss": loss, "threads": torch.get_num_threads(), "device": device,
     }
 
 
 def timing_worker(case: str, n: int, vocab: int, hidden: int, chunk_size: int, repeats: int, check: bool,
-                  gemm: bool, threads: int | None = None) -> dict:
+                  gemm: bool, threads: int | None = None, device: str = "cpu") -> dict:
     """One process per objective: chunked, dense and TRL calls interleaved (rotating order), plus the
     chunked == dense check on the first round."""
     import torch
 
-    h, head, th, t_head, y, clear = _setup(n, vocab, hidden, threads)
+    h, head, th, t_head, y, clear = _setup(n, vocab, hidden, threads, device)
     variants = ["chunked", "dense", "trl"]
     steps = {}
     for v in variants:
@@ -225,8 +258,9 @@ def timing_worker(case: str, n: int, vocab: int, hidden: int, chunk_size: int, r
         order = variants[r % 3:] + variants[: r % 3]
         for v in order:
             clear()
+            _sync(h.device)
             t0 = time.perf_counter()
-            loss = steps[v]()
+            loss = steps[v]()  # float(loss) after backward: the GPU work is done when it returns
             times[v].append(time.perf_counter() - t0)
             if check and r == 0 and v in ("chunked", "dense"):
                 cur = (loss, h.grad.detach().clone(), head.weight.grad.detach().clone())
@@ -317,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch threads in every worker (default: torch's default)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (n 64, vocab 4096, hidden 64, chunk 16)")
     p.add_argument("--inprocess", action="store_true", help="no subprocesses (tests; memory not isolated)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA: peak = allocator's max_memory_allocated)")
     p.add_argument("--out", help="JSON path (default bench/results/loss_memory.json)")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--gemm", action="store_true", help=argparse.SUPPRESS)
@@ -330,13 +365,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.worker:
         if args.worker[0] == "mem":
-            emit(memory_worker(args.worker[1], args.worker[2], *sizes, threads=args.threads))
+            emit(memory_worker(args.worker[1], args.worker[2], *sizes, threads=args.threads, device=args.device))
         else:
-            emit(timing_worker(args.worker[1], *sizes, args.repeats, not args.no_check, args.gemm, args.threads))
+            emit(timing_worker(args.worker[1], *sizes, args.repeats, not args.no_check, args.gemm, args.threads,
+                               args.device))
         return 0
 
     common = ["--n", str(args.n), "--vocab", str(args.vocab), "--hidden", str(args.hidden),
-              "--chunk-size", str(args.chunk_size), "--repeats", str(args.repeats)]
+              "--chunk-size", str(args.chunk_size), "--repeats", str(args.repeats), "--device", args.device]
     common += ["--no-check"] if args.no_check else []
     common += ["--threads", str(args.threads)] if args.threads else []
 
@@ -348,14 +384,14 @@ def main(argv: list[str] | None = None) -> int:
     mem_rows, time_rows = [], []
     for variant, case in plan_memory_jobs(cases, args.trl_runs):
         if args.inprocess:
-            row = memory_worker(variant, case, *sizes, threads=args.threads)
+            row = memory_worker(variant, case, *sizes, threads=args.threads, device=args.device)
         else:
             row = run_worker(__file__, ["--worker", "mem", variant, case, *common])
         mem_rows.append(row)
         print(f"  memory {variant:<8}{case:<12} peak {row['peak_bytes'] / MIB:8.0f} MiB", file=sys.stderr, flush=True)
     for i, case in enumerate(cases):
         if args.inprocess:
-            row = timing_worker(case, *sizes, args.repeats, not args.no_check, i == 0, args.threads)
+            row = timing_worker(case, *sizes, args.repeats, not args.no_check, i == 0, args.threads, args.device)
         else:
             row = run_worker(__file__, ["--worker", "time", case, *common] + (["--gemm"] if i == 0 else []))
         time_rows.append(row)
@@ -377,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     trl_times = [t for r in time_rows for t in r["times_s"]["trl"]]
     floor = summary[0]["gemm_floor_s"]
     print(f"\nLM head + loss + backward: {args.n} positions x vocab {args.vocab}, hidden {args.hidden}, fp32, "
-          f"chunk {args.chunk_size}, {mem_rows[0]['threads']} threads; peak = RSS above baseline "
+          f"chunk {args.chunk_size}, device {args.device}, {mem_rows[0]['threads']} threads; peak above baseline "
           f"({mem_rows[0]['memory_method']})")
     print(f"TRL generalized_jsd_loss(beta=0.5): peak {[round(r['peak_bytes'] / MIB) for r in trl_rows]} MiB; "
           f"time median {median(trl_times):.2f} s over {len(trl_times)} calls; the 4 head GEMMs alone take "
@@ -389,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "loss_memory", "machine": info, "versions": versions("torch", "trl", "transformers"),
         "config": {"n": args.n, "vocab": args.vocab, "hidden": args.hidden, "chunk_size": args.chunk_size,
                    "repeats": args.repeats, "trl_runs": args.trl_runs, "inprocess": args.inprocess,
-                   "quick": args.quick, "threads": mem_rows[0]["threads"]},
+                   "quick": args.quick, "threads": mem_rows[0]["threads"], "device": args.device},
         "targets": {"mem_ratio_max": TARGET_MEM, "time_ratio_max": TARGET_TIME},
         "warnings": warnings, "summary": summary, "memory_rows": mem_rows, "timing_rows": time_rows,
         "table_markdown": table,

@@ -122,6 +122,8 @@ def test_budget_counters_and_telemetry(tiny_model_dir, tmp_path):
     assert rows[0]["beta"] == pytest.approx(0.8) and rows[-1]["beta"] == pytest.approx(0.0)
     for r in rows:
         assert r["grad_norm"] > 0 and r["entropy"] > 0 and r["teacher_kl"] >= 0 and r["source"] == "student"
+        # the step's time split: rollouts happened, forward/backward ran, the rest is non-negative
+        assert r["sequences_s"] > 0 and r["forward_backward_s"] > 0 and r["optimizer_s"] >= 0
     assert (res.model_dir / "config.json").exists()
 
 
