@@ -28,12 +28,13 @@ def template_hash(task_def) -> str:
 
 def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfig, out_dir: Path, *,
                    data_dir: Path | None, teacher=None, baseline_outputs: dict[str, dict[str, str]] | None = None,
-                   progress: bool = True, seed: int = 0) -> dict[str, Any]:
+                   progress: bool = True, seed: int = 0, baseline_name: str | None = None) -> dict[str, Any]:
     """Evaluate `model` on `tasks`; returns {task: aggregate, "diagnostics": {...}}.
 
     `baseline_outputs[task][example_id]` are the baseline's DialogSum summaries for the pairwise
     judge (the suite fills it from the baseline cell); with `dialogsum.baseline: references` the
-    first reference is used instead.
+    first reference is used instead. `baseline_name` (which model wrote those summaries) is
+    recorded in the DialogSum protocol.
     """
     from harness.data import get_task, load_examples
     from harness.runner import prompt_renderer
@@ -57,7 +58,7 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
             agg, rows = _eval_humaneval(backend, examples, prompts, task_def, cfg, seed)
         elif tcfg.name == "dialogsum":
             base = (baseline_outputs or {}).get("dialogsum")
-            agg, rows = _eval_dialogsum(backend, examples, prompts, task_def, cfg, base, seed)
+            agg, rows = _eval_dialogsum(backend, examples, prompts, task_def, cfg, base, seed, baseline_name)
         else:  # config validation makes this unreachable
             raise ValueError(f"no evaluation for task {tcfg.name!r}")
         agg["wall_time_s"] = time.perf_counter() - t0
@@ -183,7 +184,8 @@ def build_judge(cfg: EvalConfig, references_by_dialogue: dict[str, list[str]] | 
     return judges.HFModelJudge(model, tok)
 
 
-def _eval_dialogsum(backend, examples, prompts, task_def, cfg: EvalConfig, baseline: dict[str, str] | None, seed: int):
+def _eval_dialogsum(backend, examples, prompts, task_def, cfg: EvalConfig, baseline: dict[str, str] | None, seed: int,
+                    baseline_name: str | None = None):
     from harness.evaluation.rouge import rouge_scores
     from harness.evaluation.win_rate import pairwise_win_rate
 
@@ -212,6 +214,7 @@ def _eval_dialogsum(backend, examples, prompts, task_def, cfg: EvalConfig, basel
         "rougeL": _mean(r["rougeL"] for r in rows),
         "mean_length": _mean(r["output_tokens"] for r in rows),
         "protocol": {"name": "paper", "decoding": params.as_dict(), "baseline": ds.baseline,
+                     "baseline_model": "references" if ds.baseline == "references" else baseline_name,
                      "judge": ds.judge.model_dump(mode="json")},
     }
     if items:

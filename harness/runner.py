@@ -153,6 +153,7 @@ def run_evaluation_cli(args) -> None:
         teacher, _ = load_model(teacher_spec, dtype=torch.float32, device=str(device))
     data_dir = resolve_data_dir(args.data_dir)
     baseline_outputs = None
+    base_spec = None
     dialogsum = next((t for t in task_cfgs if t.name == "dialogsum"), None)
     if dialogsum is not None and eval_cfg.dialogsum.baseline != "references":
         from harness.eval_runner import generate_dialogsum_summaries
@@ -166,7 +167,8 @@ def run_evaluation_cli(args) -> None:
                                                                       progress=not args.no_progress)}
         del base_model
     results = evaluate_model(model, tok, task_cfgs, eval_cfg, Path(args.output_dir), data_dir=data_dir,
-                             teacher=teacher, baseline_outputs=baseline_outputs, progress=not args.no_progress)
+                             teacher=teacher, baseline_outputs=baseline_outputs, progress=not args.no_progress,
+                             baseline_name=(base_spec.name or str(base_spec)) if base_spec is not None else None)
     import json
 
     print(json.dumps(results, indent=2, default=str))

@@ -207,6 +207,12 @@ class SuiteRunner:
                 self.cfg.teacher, dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32, device=str(dev))
         return self._teacher, self._teacher_tok
 
+    def _baseline_name(self) -> str:
+        """Which model wrote the DialogSum baseline summaries, for the protocol record."""
+        which = self.cfg.eval.dialogsum.baseline
+        spec = self.cfg.teacher if which == "teacher" else self.cfg.student
+        return f"{which}: {spec.name or spec.model_dump(mode='json', exclude_none=True)}"
+
     # -- cells ------------------------------------------------------------------------------------
     def run(self, cells: list[Cell]) -> None:
         from tqdm.auto import tqdm
@@ -252,7 +258,8 @@ class SuiteRunner:
         eval_task = task_cfg
         baseline_outputs = self.baseline_outputs(cell.task)
         metrics = evaluate_model(model, tok, [eval_task], self.cfg.eval, cdir, data_dir=data_dir, teacher=teacher,
-                                 baseline_outputs=baseline_outputs, progress=self.progress, seed=cell.seed)
+                                 baseline_outputs=baseline_outputs, progress=self.progress, seed=cell.seed,
+                                 baseline_name=self._baseline_name())
         eval_wall = time.perf_counter() - t_eval
         telemetry = cdir / "train" / "telemetry.jsonl"
         record = {

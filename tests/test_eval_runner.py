@@ -87,3 +87,21 @@ def test_gsm8k_both_protocols_are_reported(tiny_model_dir, tmp_path):
     assert g["protocol"]["name"] == "paper" and g["n"] == 2
     assert set(g["lm_eval"]) >= {"strict-match", "flexible-extract", "n", "num_fewshot"}
     assert g["lm_eval"]["n"] == 2 and g["lm_eval"]["num_fewshot"] == 1
+
+
+def test_eval_cli_dialogsum_against_a_baseline_model_records_it(tiny_model_dir_factory, tmp_path, capsys):
+    """`--baseline-model` writes the baseline's summaries, the judge compares, the protocol names the model."""
+    from harness.cli import main
+
+    student, baseline = tiny_model_dir_factory(), tiny_model_dir_factory(seed=7)
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text("eval:\n  dialogsum: {max_new_tokens: 6}\n  diagnostics: false\n")
+    rc = main(["eval", str(student), "--tasks", "dialogsum", "--config", str(cfg), "--limit", "3", "--no-progress",
+               "--source", "dialogsum=synthetic_dialogues", "--baseline-model", str(baseline),
+               "--output-dir", str(tmp_path / "ev")])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)["dialogsum"]
+    assert d["n_judged"] == 3 and d["wins"] + d["losses"] + d["ties"] == 3
+    assert d["protocol"]["baseline_model"] == str(baseline)
+    rows = read_jsonl(tmp_path / "ev" / "eval" / "dialogsum.jsonl")
+    assert all(r["baseline_output"] is not None and r["verdict"] in ("win", "loss", "tie") for r in rows)
