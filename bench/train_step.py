@@ -109,7 +109,7 @@ def pick_prompts(tok, quick: bool, n: int, target_tokens: int) -> list[tuple[str
 # Workers
 # ---------------------------------------------------------------------------------------------
 def run_ours(objective: str, teacher, student, tok, prompts, steps: int, max_new_tokens: int, tmp: Path,
-             chunk_size: int | None) -> dict:
+             chunk_size: int | None, rollout_precision: str = "same") -> dict:
     from harness.config import RunConfig
     from harness.training import loop as L
     from harness.training.telemetry import TelemetryLog
@@ -126,6 +126,7 @@ def run_ours(objective: str, teacher, student, tok, prompts, steps: int, max_new
                  checkpoint_every=10_000, cache_teacher_generations=False)
     if chunk_size is not None:
         train["loss_chunk_size"] = chunk_size
+    train["rollout_precision"] = rollout_precision
     cfg = RunConfig(teacher={"name": TEACHER}, student={"name": TEACHER}, task={"name": "gsm8k"},
                     objective={"name": objective, "params": {}}, train=train, seed=0)
     setup = L.TrainingSetup(teacher=teacher, student=student, tokenizer=tok, examples=examples,
@@ -233,7 +234,7 @@ def _step_stats(t0: float, ends, tokens, completion, batch: int, mem: PeakRSS) -
 
 
 def worker(framework: str, objective: str, steps: int, max_new_tokens: int, prompt_tokens: int, batch: int,
-           quick: bool, chunk_size: int | None, threads: int | None) -> dict:
+           quick: bool, chunk_size: int | None, threads: int | None, rollout_precision: str = "same") -> dict:
     import torch
 
     if threads:
@@ -245,12 +246,14 @@ def worker(framework: str, objective: str, steps: int, max_new_tokens: int, prom
         prompts = pick_prompts(tok, quick, batch, prompt_tokens)
         prompt_lens = [len(tok(p, add_special_tokens=False)["input_ids"]) for p, _ in prompts]
         if framework == "ours":
-            stats = run_ours(objective, teacher, student, tok, prompts, steps, max_new_tokens, tmp, chunk_size)
+            stats = run_ours(objective, teacher, student, tok, prompts, steps, max_new_tokens, tmp, chunk_size,
+                             rollout_precision)
         else:
             stats = run_trl(TRL_BETA[objective], teacher, student, tok, prompts, steps, max_new_tokens, tmp)
     return {"framework": framework, "objective": objective, "trl_beta": TRL_BETA[objective] if framework == "trl" else None,
             "steps": steps, "batch": batch, "prompt_lens": prompt_lens, "max_new_tokens": max_new_tokens,
-            "threads": torch.get_num_threads(), **stats}
+            "threads": torch.get_num_threads(), "rollout_precision": rollout_precision if framework == "ours" else None,
+            **stats}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-tokens", type=int, default=64, help="pick prompts closest to this length")
     p.add_argument("--chunk-size", type=int, help="our loss_chunk_size (default: TrainConfig's)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
+    p.add_argument("--rollout-precision", choices=["same", "bf16"], default="same",
+                   help="our TrainConfig.rollout_precision (TRL always samples with its fp32 weights)")
     p.add_argument("--quick", action="store_true", help="tiny random models, 2 steps, 1 round")
     p.add_argument("--inprocess", action="store_true", help="no subprocesses (tests; memory not isolated)")
     p.add_argument("--out", help="JSON path (default bench/results/train_step.json)")
@@ -273,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.repeats, args.max_new_tokens = min(args.steps, 3), 1, min(args.max_new_tokens, 8)
-    wargs = (args.steps, args.max_new_tokens, args.prompt_tokens, args.batch, args.quick, args.chunk_size, args.threads)
+    wargs = (args.steps, args.max_new_tokens, args.prompt_tokens, args.batch, args.quick, args.chunk_size, args.threads,
+             args.rollout_precision)
     if args.worker:
         emit(worker(args.worker[0], args.worker[1], *wargs))
         return 0
@@ -299,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                        "--prompt-tokens", str(args.prompt_tokens), "--batch", str(args.batch)]
                 cli += (["--quick"] if args.quick else []) + (["--chunk-size", str(args.chunk_size)] if args.chunk_size else [])
                 cli += ["--threads", str(args.threads)] if args.threads else []
+                cli += ["--rollout-precision", args.rollout_precision]
                 row = run_worker(__file__, cli)
             row["round"] = r
             rows.append(row)

@@ -18,7 +18,7 @@ from harness.training.loop import train
 from objectives.base import TeacherSignal, build_objective, list_objectives
 from objectives.engine import chunked_loss, dense_loss
 
-from training_helpers import make_setup, max_weight_diff, run_config, weights
+from tests.training_helpers import make_setup, max_weight_diff, run_config, weights
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

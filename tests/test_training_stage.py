@@ -235,3 +235,25 @@ def test_lora_student_trains_and_saves_a_merged_checkpoint(tiny_model_dir, tmp_p
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     diff = max(float((merged.state_dict()[k] - base.state_dict()[k]).abs().max()) for k in base.state_dict())
     assert diff > 0, "the merged adapters changed the weights"
+
+
+def test_bf16_rollout_copy_tracks_the_student(tiny_model_dir, tmp_path):
+    from harness.training.loop import bf16_rollout_copy, sync_rollout_copy
+
+    setup = make_setup(tiny_model_dir)
+    copy = bf16_rollout_copy(setup.student)
+    assert copy is not None and all(p.dtype == torch.bfloat16 and not p.requires_grad for p in copy.parameters())
+    with torch.no_grad():
+        for p in setup.student.parameters():
+            p.add_(0.5)
+    sync_rollout_copy(copy, setup.student)
+    for a, b in zip(copy.state_dict().values(), setup.student.state_dict().values()):
+        assert torch.equal(a, b.to(torch.bfloat16))
+    assert bf16_rollout_copy(copy) is None  # already bf16: nothing to copy
+    # the stage with bf16 rollouts: on-policy steps run and train the fp32 student
+    before = weights(setup.student)
+    cfg = run_config(tiny_model_dir, "onpolicy_fkl", rollout_precision="bf16")
+    res = train(cfg, tmp_path / "r", setup, max_steps=2, progress=False)
+    assert res.summary["generated_tokens"] > 0 and res.summary["nonfinite_steps"] == 0
+    assert next(setup.student.parameters()).dtype == torch.float32
+    assert max_weight_diff(before, weights(setup.student)) > 0

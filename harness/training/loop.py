@@ -158,10 +158,11 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
     rollout = GenerationParams(max_new_tokens=tc.max_new_tokens, temperature=tc.temperature, top_p=tc.top_p,
                                stop=tuple(setup.stop), max_prompt_tokens=tc.max_prompt_tokens)
     seq_counters = SequenceCounters()
+    rollout_model = bf16_rollout_copy(student) if tc.rollout_precision == "bf16" else None
     builder = SequenceBuilder(
         tokenizer=tok, render=setup.render_prompt, max_prompt_tokens=tc.max_prompt_tokens,
         max_response_tokens=tc.max_response_tokens, rollout=rollout,
-        student_backend=HFGenerationBackend(student, tok, batch_size=tc.micro_batch_size),
+        student_backend=HFGenerationBackend(rollout_model or student, tok, batch_size=tc.micro_batch_size),
         teacher_backend=HFGenerationBackend(teacher, tok, batch_size=tc.micro_batch_size) if teacher is not None else None,
         teacher_cache=(TeacherGenerationCache(setup.teacher_cache_path, setup.teacher_key)
                        if tc.cache_teacher_generations and setup.teacher_cache_path else None),
@@ -194,6 +195,8 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                 source = pick_source(objective.source_mix(step / max(total_steps - 1, 1)), cfg.seed, step)
 
                 # 1. this process's share of the global batch, as token sequences
+                if rollout_model is not None and source is SequenceSource.STUDENT:
+                    sync_rollout_copy(rollout_model, student)  # sample from the current policy
                 idx = global_batch_indices(step, tc.batch_size, len(setup.examples), cfg.seed)[dist.rank :: dist.world_size]
                 gen_before = seq_counters.generated_tokens
                 seqs = builder.build([setup.examples[i] for i in idx], source,
@@ -300,6 +303,27 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
         atomic_write_json(run_dir / SUMMARY_FILENAME, summary)
     dist.barrier()
     return TrainResult(run_dir, model_dir, state.step, total_steps, resumed_from, summary, student)
+
+
+def bf16_rollout_copy(student: torch.nn.Module) -> torch.nn.Module | None:
+    """A bf16 copy of the student for sampling rollouts (None when the student already is bf16).
+
+    Decoding reads every weight once per generated token, so halving the bytes roughly halves
+    the rollout time on memory-bound hardware; `sync_rollout_copy` refreshes it from the student.
+    """
+    if all(p.dtype == torch.bfloat16 for p in student.parameters()):
+        return None
+    import copy
+
+    clone = copy.deepcopy(student).to(torch.bfloat16).eval().requires_grad_(False)
+    return clone
+
+
+@torch.no_grad()
+def sync_rollout_copy(rollout_model: torch.nn.Module, student: torch.nn.Module) -> None:
+    """Copy the student's current weights into the rollout copy (cast to its dtype)."""
+    for dst, src in zip(rollout_model.parameters(), student.parameters(), strict=True):
+        dst.copy_(src)
 
 
 def _objective_loss(objective, sched, h_s, s_head, h_t, t_head, targets, chunk_size, autocast_dtype):
