@@ -109,7 +109,7 @@ def pick_prompts(tok, quick: bool, n: int, target_tokens: int) -> list[tuple[str
 # Workers
 # ---------------------------------------------------------------------------------------------
 def run_ours(objective: str, teacher, student, tok, prompts, steps: int, max_new_tokens: int, tmp: Path,
-             chunk_size: int | None, rollout_precision: str = "same") -> dict:
+             chunk_size: int | None, rollout_precision: str = "same", precision: str = "fp32") -> dict:
     from harness.config import RunConfig
     from harness.training import loop as L
     from harness.training.telemetry import TelemetryLog
@@ -122,7 +122,7 @@ def run_ours(objective: str, teacher, student, tok, prompts, steps: int, max_new
     examples = [Ex(i, p, r) for i, (p, r) in enumerate(prompts)]
     train = dict(lr=1e-5, epochs=steps, max_steps=steps, batch_size=len(prompts), micro_batch_size=len(prompts),
                  lr_schedule="constant", warmup_ratio=0.0, weight_decay=0.0, grad_clip=1.0, max_prompt_tokens=512,
-                 max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, precision="fp32",
+                 max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, precision=precision,
                  checkpoint_every=10_000, cache_teacher_generations=False)
     if chunk_size is not None:
         train["loss_chunk_size"] = chunk_size
@@ -164,7 +164,8 @@ def run_ours(objective: str, teacher, student, tok, prompts, steps: int, max_new
     return stats
 
 
-def run_trl(beta: float, teacher, student, tok, prompts, steps: int, max_new_tokens: int, tmp: Path) -> dict:
+def run_trl(beta: float, teacher, student, tok, prompts, steps: int, max_new_tokens: int, tmp: Path,
+            precision: str = "fp32") -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
@@ -197,7 +198,7 @@ def run_trl(beta: float, teacher, student, tok, prompts, steps: int, max_new_tok
         output_dir=str(tmp / "trl"), per_device_train_batch_size=len(prompts), gradient_accumulation_steps=1,
         max_steps=steps, learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         max_grad_norm=1.0, lmbda=1.0, beta=beta, temperature=1.0, max_new_tokens=max_new_tokens,
-        report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True, bf16=False, fp16=False,
+        report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True, bf16=precision == "bf16", fp16=False,
         dataloader_num_workers=0, seed=0, disable_dropout=True, gradient_checkpointing=False,
         max_length=1024, disable_tqdm=True,
     )
@@ -234,7 +235,8 @@ def _step_stats(t0: float, ends, tokens, completion, batch: int, mem: PeakRSS) -
 
 
 def worker(framework: str, objective: str, steps: int, max_new_tokens: int, prompt_tokens: int, batch: int,
-           quick: bool, chunk_size: int | None, threads: int | None, rollout_precision: str = "same") -> dict:
+           quick: bool, chunk_size: int | None, threads: int | None, rollout_precision: str = "same",
+           precision: str = "fp32") -> dict:
     import torch
 
     if threads:
@@ -247,12 +249,12 @@ def worker(framework: str, objective: str, steps: int, max_new_tokens: int, prom
         prompt_lens = [len(tok(p, add_special_tokens=False)["input_ids"]) for p, _ in prompts]
         if framework == "ours":
             stats = run_ours(objective, teacher, student, tok, prompts, steps, max_new_tokens, tmp, chunk_size,
-                             rollout_precision)
+                             rollout_precision, precision)
         else:
-            stats = run_trl(TRL_BETA[objective], teacher, student, tok, prompts, steps, max_new_tokens, tmp)
+            stats = run_trl(TRL_BETA[objective], teacher, student, tok, prompts, steps, max_new_tokens, tmp, precision)
     return {"framework": framework, "objective": objective, "trl_beta": TRL_BETA[objective] if framework == "trl" else None,
             "steps": steps, "batch": batch, "prompt_lens": prompt_lens, "max_new_tokens": max_new_tokens,
-            "threads": torch.get_num_threads(), "rollout_precision": rollout_precision if framework == "ours" else None,
+            "threads": torch.get_num_threads(), "precision": precision, "rollout_precision": rollout_precision if framework == "ours" else None,
             **stats}
 
 
@@ -269,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-tokens", type=int, default=64, help="pick prompts closest to this length")
     p.add_argument("--chunk-size", type=int, help="our loss_chunk_size (default: TrainConfig's)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="both sides: our TrainConfig.precision (bf16 autocast) and TRL's bf16=True (weights stay fp32)")
     p.add_argument("--rollout-precision", choices=["same", "bf16"], default="same",
                    help="our TrainConfig.rollout_precision (TRL always samples with its fp32 weights)")
     p.add_argument("--quick", action="store_true", help="tiny random models, 2 steps, 1 round")
@@ -279,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.steps, args.repeats, args.max_new_tokens = min(args.steps, 3), 1, min(args.max_new_tokens, 8)
     wargs = (args.steps, args.max_new_tokens, args.prompt_tokens, args.batch, args.quick, args.chunk_size, args.threads,
-             args.rollout_precision)
+             args.rollout_precision, args.precision)
     if args.worker:
         emit(worker(args.worker[0], args.worker[1], *wargs))
         return 0
@@ -305,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                        "--prompt-tokens", str(args.prompt_tokens), "--batch", str(args.batch)]
                 cli += (["--quick"] if args.quick else []) + (["--chunk-size", str(args.chunk_size)] if args.chunk_size else [])
                 cli += ["--threads", str(args.threads)] if args.threads else []
-                cli += ["--rollout-precision", args.rollout_precision]
+                cli += ["--rollout-precision", args.rollout_precision, "--precision", args.precision]
                 row = run_worker(__file__, cli)
             row["round"] = r
             rows.append(row)
