@@ -144,8 +144,8 @@ class TrainConfig(StrictModel):
     top_p: float = Field(0.5, gt=0, le=1)
     rollout_precision: Literal["same", "bf16"] = Field(
         "same", description="`same`: the student samples its on-policy rollouts with its training weights (exact); "
-                            "`bf16`: a bf16 copy, refreshed before every on-policy step, samples them (decoding is "
-                            "memory-bound, so about half the rollout time; samples come from the bf16-rounded policy)")
+                            "`bf16`: a bf16 copy, refreshed before every on-policy step, samples them (half the "
+                            "weight bytes per decoded token; samples come from the bf16-rounded policy)")
     loss_chunk_size: int | None = Field(
         128, ge=1, description="loss positions per LM-head chunk (peak memory ~ chunk x vocab); null = dense logits")
     precision: Literal["auto", "fp32", "bf16"] = "auto"

@@ -175,8 +175,9 @@ class SuiteRunner:
         self.results_dir.mkdir(parents=True, exist_ok=True)
         snap = self.results_dir / "suite.yaml"
         text = dump_yaml(self.cfg)
-        if snap.exists() and snap.read_text() != text:
-            previous = yaml.safe_load(snap.read_text()) or {}
+        old_text = snap.read_text() if snap.exists() else None
+        if old_text is not None and old_text != text:
+            previous = yaml.safe_load(old_text) or {}
             problems = snapshot_conflicts(previous, self.cfg.model_dump(mode="json"))
             if problems:
                 raise ConfigError(
@@ -188,7 +189,7 @@ class SuiteRunner:
                 )
             history = self.results_dir / "suite_history"
             history.mkdir(exist_ok=True)
-            atomic_write_text(history / f"suite.{len(list(history.glob('suite.*.yaml')))}.yaml", snap.read_text())
+            atomic_write_text(history / f"suite.{len(list(history.glob('suite.*.yaml')))}.yaml", old_text)
         atomic_write_text(snap, text)
         atomic_write_json(self.results_dir / "environment.json", environment_info())
         atomic_write_json(self.results_dir / "plan.json", {"schema_version": SCHEMA_VERSION,

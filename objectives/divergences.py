@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 _NEG_LOGP = -1e30  # stands in for -inf: exp() is exactly 0, differences stay finite
-NEG_LOGP = _NEG_LOGP  # public alias for callers that clamp log-probabilities the same way
 
 
 def upcast(x: Tensor) -> Tensor:
@@ -175,4 +174,4 @@ def tvd(teacher_logp: Tensor, student_logp: Tensor) -> Tensor:
 def entropy(logp: Tensor) -> Tensor:
     """Shannon entropy −Σ p log p per position (nats), ≥ 0."""
     lp = _safe_logp(logp)
-    return (-(lp.exp() * lp)).sum(-1).clamp_min(0)
+    return (-row_dot(lp.exp(), lp)).clamp_min(0)
