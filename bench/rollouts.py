@@ -36,11 +36,10 @@ def load_model_and_prompts(quick: bool, n_prompts: int, tmp: Path):
     """(model, tokenizer, rendered prompts, stop strings, source description)."""
     import torch
 
-    from harness.data import get_task, load_examples, render_chat_prompt
-    from harness.runner import prompt_renderer, task_stop_strings
+    from harness.data import get_task, load_examples, prompt_renderer, render_chat_prompt
 
     task = get_task("gsm8k")
-    stop = task_stop_strings(task)
+    stop = tuple(task.stop)
     if quick:
         from transformers import AutoModelForCausalLM
 

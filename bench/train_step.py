@@ -87,7 +87,7 @@ def pick_prompts(tok, quick: bool, n: int, target_tokens: int) -> list[tuple[str
     if not quick:
         try:
             from harness.paths import data_dir
-            from harness.runner import prompt_renderer
+            from harness.data import prompt_renderer
 
             task = get_task("gsm8k")
             render = prompt_renderer(task, tok)

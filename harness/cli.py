@@ -1,7 +1,9 @@
-"""`distill-bench` command line: run, train, eval, report, objectives.
+"""`distill-bench` command line: run, train, eval, report, objectives, tasks.
 
-Each verb validates its whole configuration before doing any work; user errors print one clear
-message (field path and fix) and exit with status 2, never a traceback.
+The adapters between argparse and the pipeline live here and only here: each verb validates its
+whole configuration before doing any work, then calls `harness.pipeline` / `harness.suite` /
+`harness.report`. User errors print one clear message (field path and fix) and exit with status 2,
+never a traceback. What a verb prints is meant for a person.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 
 from harness.errors import DistillBenchError
 
-EPILOG = "Docs: README.md. Objectives are plugins: see `distill-bench objectives` and objectives/README.md."
+EPILOG = ("Docs: README.md. Objectives and tasks are plugins: see `distill-bench objectives`, `distill-bench tasks`, "
+          "objectives/README.md and examples/.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,9 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare knowledge-distillation objectives for language models on equal footing.",
         epilog=EPILOG,
     )
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
-                   help="load an objective plugin from a Python file (repeatable); installed plugins "
-                        "in entry-point group `distill_bench.objectives` load automatically")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="load a plugin (repeatable): FILE.py defines objectives, FILE.yaml defines a task; installed "
+                        "plugins in entry-point groups `distill_bench.objectives` / `distill_bench.tasks` load automatically")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     run = sub.add_parser("run", help="run a comparison suite (train every objective, evaluate, write leaderboards)",
@@ -80,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     ob = sub.add_parser("objectives", help="list registered objectives with parameters and sequence source",
                         description="List every registered objective: built-ins, installed entry-point plugins and --plugin files.")
     ob.add_argument("--json", action="store_true", help="machine-readable output")
+
+    tk = sub.add_parser("tasks", help="list registered tasks with their data sources and metrics",
+                        description="List every registered task: built-ins (harness/tasks/*.yaml), installed entry-point "
+                                    "plugins (group `distill_bench.tasks`) and --plugin TASK.yaml files.")
+    tk.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
@@ -89,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb in ("run", "train", "eval"):
             _quiet_library_progress()
         _load_plugins(args.plugin)
-        handler = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "report": cmd_report, "objectives": cmd_objectives}[args.verb]
+        handler = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "report": cmd_report, "objectives": cmd_objectives,
+                   "tasks": cmd_tasks}[args.verb]
         return handler(args) or 0
     except DistillBenchError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -108,10 +117,33 @@ def _quiet_library_progress() -> None:
 
 
 def _load_plugins(files: list[str]) -> None:
+    from harness.data import load_task_file
     from objectives.base import load_plugin_file
 
     for f in files:
-        load_plugin_file(f)
+        if str(f).endswith((".yaml", ".yml")):
+            load_task_file(f)
+        else:
+            load_plugin_file(f)
+
+
+def cmd_tasks(args) -> int:
+    from harness.data import describe_tasks
+
+    rows = describe_tasks()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(row["name"] + ("" if row["origin"] == "built-in" else f"   [{row['origin']}]"))
+        print(f"    {row['description']}")
+        for split in ("train", "eval"):
+            srcs = row["sources"][split]
+            auto = row["auto"].get(split) or []
+            print(f"    {split} sources: {', '.join(srcs) or '-'}" + (f"   (auto: {' > '.join(auto)})" if auto else ""))
+        print(f"    metrics: {', '.join(row['metrics']) or '-'}   needs: {', '.join(row['needs']) or 'nothing else'}"
+              f"   scorer: {row['scorer']}")
+    return 0
 
 
 def cmd_objectives(args) -> int:
@@ -134,7 +166,7 @@ def cmd_objectives(args) -> int:
 
 def cmd_train(args) -> int:
     from harness.config import load_run_config
-    from harness.runner import run_training
+    from harness.pipeline import run_training
 
     raw_overrides = list(args.overrides)
     if args.data_dir:
@@ -142,14 +174,62 @@ def cmd_train(args) -> int:
     cfg = load_run_config(args.config, raw_overrides)
     out = Path(args.output_dir or cfg.output_dir)
     result = run_training(cfg, out, max_steps=args.max_steps, limit=args.limit, progress=not args.no_progress)
-    print(json.dumps({"run_dir": str(result.run_dir), "model_dir": str(result.model_dir), **result.summary}, indent=2, default=str))
+    sm = result.summary
+    print(f"trained {cfg.objective.display_name()} on {cfg.task.name}: {sm.get('optimizer_steps')} steps, "
+          f"{sm.get('prompts_seen')} prompts, {sm.get('train_wall_time_s', 0.0):.0f}s")
+    print(f"  run dir:  {result.run_dir} (train_summary.json, telemetry.jsonl)")
+    if result.model_dir is not None:
+        print(f"  model:    {result.model_dir}")
     return 0
 
 
 def cmd_eval(args) -> int:
-    from harness.runner import run_evaluation_cli
+    """`distill-bench eval MODEL --tasks ...`: validate everything, then evaluate through the pipeline."""
+    import torch
+    import yaml
 
-    run_evaluation_cli(args)
+    from harness.config import EvalConfig, ModelSpec, TaskConfig, apply_overrides, validate
+    from harness.errors import ConfigError
+    from harness.models import load_model
+    from harness.paths import data_dir as resolve_data_dir
+    from harness.pipeline import baseline_outputs, baseline_source, evaluate_cell, pick_device
+
+    raw: dict = {}
+    if args.config:
+        raw = yaml.safe_load(Path(args.config).read_text()) or {}
+    raw = apply_overrides(raw, list(args.overrides))
+    eval_cfg = validate(EvalConfig, raw.get("eval", {}), f"{args.config or '<cli>'}:eval")
+    teacher_spec = validate(ModelSpec, raw["teacher"], "teacher") if raw.get("teacher") else None
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    sources = {}
+    for item in args.source:
+        if "=" not in item:
+            raise ConfigError(f"--source {item!r}: use TASK=SOURCE, e.g. gsm8k=file:data/test.jsonl")
+        task, src = item.split("=", 1)
+        sources[task.strip()] = src.strip()
+    task_cfgs = [validate(TaskConfig, {"name": t, "eval_limit": args.limit, "eval_source": sources.get(t, "auto")},
+                          f"--tasks {t}") for t in tasks]
+    spec = validate(ModelSpec, {"name": args.model}, "model")
+    base_spec = validate(ModelSpec, {"name": args.baseline_model}, "--baseline-model") if args.baseline_model else teacher_spec
+    needing = [t for t in task_cfgs if baseline_source(t.name, eval_cfg) not in (None, "references")]
+    if needing and base_spec is None:
+        raise ConfigError(f"{needing[0].name} compares against a baseline model's outputs: pass --baseline-model MODEL "
+                          "or a `teacher:` in --config" + (", or set eval.dialogsum.baseline=references"
+                                                          if needing[0].name == "dialogsum" else ""))
+    device = pick_device()
+    model, tok = load_model(spec, dtype=torch.float32, device=str(device))
+    teacher = load_model(teacher_spec, dtype=torch.float32, device=str(device))[0] if teacher_spec is not None else None
+    data_dir = resolve_data_dir(args.data_dir)
+    outputs = None
+    if needing:
+        base_model, base_tok = load_model(base_spec, dtype=torch.float32, device=str(device))
+        outputs = {t.name: baseline_outputs(base_model, base_tok, t, eval_cfg, data_dir, progress=not args.no_progress)
+                   for t in needing}
+        del base_model
+    results = evaluate_cell(model, tok, task_cfgs, eval_cfg, Path(args.output_dir), data_dir=data_dir, teacher=teacher,
+                            baseline_outputs=outputs, progress=not args.no_progress,
+                            baseline_name=(base_spec.name or str(base_spec)) if base_spec is not None else None)
+    print(json.dumps(results, indent=2, default=str))
     return 0
 
 
@@ -164,7 +244,7 @@ def cmd_report(args) -> int:
 
     files = build_report([Path(r) for r in args.results] if len(args.results) > 1 else Path(args.results[0]),
                          Path(args.out), name=args.name)
-    print(files)
+    print(files.describe())
     return 0
 
 

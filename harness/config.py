@@ -17,9 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.errors import ConfigError
 
-TASK_NAMES = ("gsm8k", "humaneval", "dialogsum")
-
-
 class StrictModel(BaseModel):
     """Base for all config sections: unknown keys are errors."""
 
@@ -89,9 +86,13 @@ class TaskConfig(StrictModel):
     @field_validator("name")
     @classmethod
     def _known_task(cls, v: str) -> str:
-        if v not in TASK_NAMES:
-            hint = difflib.get_close_matches(v, TASK_NAMES, n=1)
-            raise ValueError(f"unknown task {v!r}; known: {', '.join(TASK_NAMES)}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        from harness.data.registry import task_names  # late import: the registry loads task plugins
+
+        known = task_names()
+        if v not in known:
+            hint = difflib.get_close_matches(v, known, n=1)
+            raise ValueError(f"unknown task {v!r}; known: {', '.join(known)}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                             + "; a plugin task needs its package installed or `--plugin TASK.yaml`")
         return v
 
     @field_validator("train_source", "eval_source")

@@ -1,14 +1,15 @@
-"""Drive a model through the evaluation protocols and write traceable records.
+"""Drive a model through its tasks' evaluation protocols and write traceable records.
 
-For each task: render prompts from the task YAML, generate with the protocol's decoding settings,
-score with `harness.evaluation`, and write `eval/<task>.jsonl` (one record per example) plus
-`eval/<task>.json` (aggregate + the exact protocol: prompt-template hash, decoding, data source,
-sandbox limits, judge). Diagnostics (held-out teacher KL, reference CE, diversity) ride along.
+For each task: render prompts with the task's definition, generate with the decoding the task
+resolves (`harness.tasks.contract.generation_params`), hand the outputs to the task's scoring
+module, and write `eval/<task>.jsonl` (one record per example) plus `eval/<task>.json` (aggregate +
+the protocol serialized from what ran: resolved task definition, decoding, rules-file hashes).
+Teacher-forced diagnostics (held-out teacher KL, reference CE) ride along through
+`objectives.engine`'s chunked path. Nothing here knows a task by name.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from pathlib import Path
@@ -17,28 +18,23 @@ from typing import Any, Sequence
 import torch
 
 from harness.config import EvalConfig, TaskConfig
-from harness.generation import GenerationParams, HFGenerationBackend
+from harness.data import get_task, load_examples, prompt_renderer
+from harness.generation import HFGenerationBackend
 from harness.io import atomic_write_json, atomic_write_jsonl
-
-
-def template_hash(task_def) -> str:
-    text = repr(getattr(task_def, "model_dump", lambda: task_def)())
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+from harness.tasks.contract import ScoreContext, generation_params, load_scorer, protocol_record
 
 
 def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfig, out_dir: Path, *,
                    data_dir: Path | None, teacher=None, baseline_outputs: dict[str, dict[str, str]] | None = None,
-                   progress: bool = True, seed: int = 0, baseline_name: str | None = None) -> dict[str, Any]:
+                   progress: bool = True, seed: int = 0, baseline_name: str | None = None,
+                   logit_columns: int | None = None) -> dict[str, Any]:
     """Evaluate `model` on `tasks`; returns {task: aggregate, "diagnostics": {...}}.
 
-    `baseline_outputs[task][example_id]` are the baseline's DialogSum summaries for the pairwise
-    judge (the suite fills it from the baseline cell); with `dialogsum.baseline: references` the
-    first reference is used instead. `baseline_name` (which model wrote those summaries) is
-    recorded in the DialogSum protocol.
+    `baseline_outputs[task][example_id]` are a baseline model's outputs for tasks that declare
+    `needs.baseline_outputs` (the pipeline generates them once per results dir); `baseline_name`
+    (which model wrote them) is recorded in the protocol. `logit_columns` is the pair's head slice
+    (see `harness.pipeline.LoadedPair`), applied to the diagnostics exactly as in training.
     """
-    from harness.data import get_task, load_examples
-    from harness.runner import prompt_renderer
-
     out_dir = Path(out_dir)
     eval_dir = out_dir / "eval"
     backend = HFGenerationBackend(model, tokenizer, batch_size=cfg.batch_size, progress=progress)
@@ -46,29 +42,28 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
     diag_rows: dict[str, dict[str, float]] = {}
     for tcfg in tasks:
         task_def = get_task(tcfg.name)
+        scorer = load_scorer(task_def)
         examples = load_examples(task_def, "eval", source=tcfg.eval_source, limit=tcfg.eval_limit, data_dir=data_dir, seed=0)
         render = prompt_renderer(task_def, tokenizer)
         prompts = [render(ex) for ex in examples]
+        params = generation_params(task_def, cfg, seed)
         t0 = time.perf_counter()
         gen_before = backend.generated_tokens
         backend.desc = f"eval {tcfg.name}"
-        if tcfg.name == "gsm8k":
-            agg, rows = _eval_gsm8k(backend, examples, prompts, task_def, cfg, model, tokenizer, data_dir, tcfg)
-        elif tcfg.name == "humaneval":
-            agg, rows = _eval_humaneval(backend, examples, prompts, task_def, cfg, seed)
-        elif tcfg.name == "dialogsum":
-            base = (baseline_outputs or {}).get("dialogsum")
-            agg, rows = _eval_dialogsum(backend, examples, prompts, task_def, cfg, base, seed, baseline_name)
-        else:  # config validation makes this unreachable
-            raise ValueError(f"no evaluation for task {tcfg.name!r}")
+        outputs = backend.generate(prompts, params)
+        ctx = ScoreContext(task=task_def, task_cfg=tcfg, eval_cfg=cfg, examples=examples, prompts=prompts,
+                           outputs=outputs, params=params, model=model, tokenizer=tokenizer, data_dir=data_dir,
+                           seed=seed, baseline_outputs=(baseline_outputs or {}).get(tcfg.name),
+                           baseline_name=baseline_name)
+        agg, rows = scorer.score(ctx)
         agg["wall_time_s"] = time.perf_counter() - t0
         agg["generated_tokens"] = backend.generated_tokens - gen_before
-        agg.setdefault("protocol", {}).update({
-            "task": tcfg.name, "prompt_template_hash": template_hash(task_def), "eval_source": tcfg.eval_source,
-            "data_dir": str(data_dir) if data_dir else None, "limit": tcfg.eval_limit, "n_examples": len(examples),
-        })
+        agg["protocol"] = protocol_record(
+            task_def, params, eval_source=tcfg.eval_source, data_dir=str(data_dir) if data_dir else None,
+            limit=tcfg.eval_limit, n_examples=len(examples), **(agg.get("protocol") or {}))
         if cfg.diagnostics:
-            diag = reference_diagnostics(model, teacher, tokenizer, examples[: cfg.diagnostics_limit], render)
+            diag = reference_diagnostics(model, teacher, tokenizer, examples[: cfg.diagnostics_limit], render,
+                                         logit_columns=logit_columns)
             diag["mean_length"] = agg.get("mean_length")
             for key in ("distinct_1", "distinct_2", "self_bleu"):
                 if key in agg:
@@ -83,6 +78,19 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
     return results
 
 
+def generate_baseline_outputs(model, tokenizer, task_cfg: TaskConfig, cfg: EvalConfig, data_dir: Path | None,
+                              progress: bool = True) -> dict[str, str]:
+    """A baseline model's outputs keyed by example id, decoded exactly as the evaluated models are
+    (the pairwise judge's other side, or the teacher's answers an agreement metric compares with)."""
+    task_def = get_task(task_cfg.name)
+    examples = load_examples(task_def, "eval", source=task_cfg.eval_source, limit=task_cfg.eval_limit, data_dir=data_dir, seed=0)
+    render = prompt_renderer(task_def, tokenizer)
+    backend = HFGenerationBackend(model, tokenizer, batch_size=cfg.batch_size, progress=progress,
+                                  desc=f"baseline outputs {task_cfg.name}")
+    outs = backend.generate([render(ex) for ex in examples], generation_params(task_def, cfg, 0))
+    return {ex.id: o.text.strip() for ex, o in zip(examples, outs)}
+
+
 def summarize_diagnostics(per_task: dict[str, dict[str, float]]) -> dict[str, Any]:
     """Flat means over tasks (what the leaderboard shows) plus the per-task values."""
     keys = sorted({k for d in per_task.values() for k, v in d.items() if isinstance(v, (int, float)) and v is not None})
@@ -94,184 +102,29 @@ def summarize_diagnostics(per_task: dict[str, dict[str, float]]) -> dict[str, An
     return {**flat, "per_task": per_task}
 
 
-# ----------------------------------------------------------------------------- GSM8K
-
-
-def _eval_gsm8k(backend, examples, prompts, task_def, cfg: EvalConfig, model, tokenizer, data_dir, tcfg):
-    from harness.evaluation.gsm8k import answers_match, extract_answer
-
-    from harness.runner import task_stop_strings
-
-    params = GenerationParams(max_new_tokens=cfg.gsm8k.max_new_tokens, temperature=0.0,
-                              stop=task_stop_strings(task_def))
-    outs = backend.generate(prompts, params)
-    rows = []
-    for ex, prompt, out in zip(examples, prompts, outs):
-        pred = extract_answer(out.text)
-        target = ex.answer
-        correct = pred is not None and target is not None and answers_match(pred, target)
-        rows.append({"id": ex.id, "prompt": prompt, "output": out.text, "extracted": pred, "target": target,
-                     "correct": bool(correct), "finish_reason": out.finish_reason, "output_tokens": len(out.token_ids)})
-    n = len(rows)
-    agg: dict[str, Any] = {
-        "accuracy": sum(r["correct"] for r in rows) / n if n else float("nan"), "n": n,
-        "mean_length": sum(r["output_tokens"] for r in rows) / n if n else float("nan"),
-        "protocol": {"name": "paper", "decoding": params.as_dict(), "prompt": "Q: {question} \\n\\nA: (chat template)",
-                     "extraction": "#### > \\boxed{} > 'the answer is' > last number"},
-    }
-    if "lm_eval" in cfg.gsm8k.protocols:
-        from harness.errors import DataError
-        from harness.evaluation.gsm8k_lm_eval import run_lm_eval_gsm8k
-
-        gsm_dir = Path(data_dir) / "gsm8k" if data_dir else None
-        if gsm_dir is None or not (gsm_dir / "test.jsonl").is_file():
-            raise DataError("the lm_eval GSM8K protocol reads gsm8k/test.jsonl and gsm8k/train.jsonl (5-shot examples) "
-                            "from the data directory: set --data-dir / DISTILL_BENCH_DATA_DIR, or drop `lm_eval` from "
-                            "eval.gsm8k.protocols")
-        # lm-eval's own 5-shot protocol on the same (seeded) limit of test questions.
-        agg["lm_eval"] = run_lm_eval_gsm8k(model, tokenizer, data_dir=gsm_dir, limit=tcfg.eval_limit,
-                                           batch_size=cfg.batch_size, num_fewshot=cfg.gsm8k.lm_eval_num_fewshot)
-    return agg, rows
-
-
-# ----------------------------------------------------------------------------- HumanEval
-
-
-def _eval_humaneval(backend, examples, prompts, task_def, cfg: EvalConfig, seed: int):
-    from harness.evaluation.diversity import distinct_n, self_bleu
-    from harness.evaluation.humaneval import evaluate_humaneval
-
-    he = cfg.humaneval
-    params = GenerationParams(max_new_tokens=he.max_new_tokens, temperature=he.temperature, top_p=he.top_p,
-                              n=he.n_samples, seed=seed)
-    outs = backend.generate(prompts, params)
-    problems, completions = [], []
-    d1, d2, sb = [], [], []
-    lengths = []
-    for i, ex in enumerate(examples):
-        samples = [o.text for o in outs[i * he.n_samples : (i + 1) * he.n_samples]]
-        lengths += [len(o.token_ids) for o in outs[i * he.n_samples : (i + 1) * he.n_samples]]
-        problems.append({"task_id": ex.meta["task_id"], "prompt": ex.meta["code_prompt"], "test": ex.meta["test"],
-                         "entry_point": ex.meta["entry_point"]})
-        completions.append(samples)
-        d1.append(distinct_n(samples, 1))
-        d2.append(distinct_n(samples, 2))
-        if len(samples) > 1:
-            sb.append(self_bleu(samples))
-    agg, rows = evaluate_humaneval(problems, completions, k_list=he.k, workers=he.workers, timeout_s=he.timeout_s)
-    agg["distinct_1"] = sum(d1) / len(d1) if d1 else None
-    agg["distinct_2"] = sum(d2) / len(d2) if d2 else None
-    agg["self_bleu"] = sum(sb) / len(sb) if sb else None
-    agg["mean_length"] = sum(lengths) / len(lengths) if lengths else None
-    agg.setdefault("protocol", {}).update({"name": "paper", "decoding": params.as_dict()})
-    return agg, rows
-
-
-# ----------------------------------------------------------------------------- DialogSum
-
-
-def build_judge(cfg: EvalConfig, references_by_dialogue: dict[str, list[str]] | None = None):
-    from harness.evaluation import judges
-
-    jc = cfg.dialogsum.judge
-    if jc.kind == "rouge":
-        return judges.RougeJudge()
-    if jc.kind == "openai":
-        return judges.OpenAICompatibleJudge(base_url=jc.base_url, model=jc.api_model, api_key_env=jc.api_key_env)
-    from harness.models import load_model
-
-    model, tok = load_model(jc.model)
-    return judges.HFModelJudge(model, tok)
-
-
-def _eval_dialogsum(backend, examples, prompts, task_def, cfg: EvalConfig, baseline: dict[str, str] | None, seed: int,
-                    baseline_name: str | None = None):
-    from harness.evaluation.rouge import rouge_scores
-    from harness.evaluation.win_rate import pairwise_win_rate
-
-    ds = cfg.dialogsum
-    params = dialogsum_params(task_def, cfg)
-    outs = backend.generate(prompts, params)
-    preds = [o.text.strip() for o in outs]
-    refs = [list(ex.references) for ex in examples]
-    _, rouge_rows = rouge_scores(preds, refs)
-    rows = []
-    items = []
-    for ex, pred, rr, out in zip(examples, preds, rouge_rows, outs):
-        if ds.baseline == "references":
-            base_text = ex.references[0]
-        else:
-            base_text = (baseline or {}).get(ex.id)
-        rows.append({"id": ex.id, "output": pred, "baseline_output": base_text, "references": list(ex.references),
-                     "output_tokens": len(out.token_ids), **rr})
-        if base_text is not None:
-            items.append({"id": ex.id, "dialogue": ex.fields.get("dialogue", ex.prompt), "output": pred,
-                          "baseline_output": base_text, "references": list(ex.references)})
-    n = len(rows)
-    agg: dict[str, Any] = {
-        "n": n,
-        "rouge1": _mean(r["rouge1"] for r in rows), "rouge2": _mean(r["rouge2"] for r in rows),
-        "rougeL": _mean(r["rougeL"] for r in rows),
-        "mean_length": _mean(r["output_tokens"] for r in rows),
-        "protocol": {"name": "paper", "decoding": params.as_dict(), "baseline": ds.baseline,
-                     "baseline_model": "references" if ds.baseline == "references" else baseline_name,
-                     "judge": ds.judge.model_dump(mode="json")},
-    }
-    if items:
-        judge = build_judge(cfg)
-        wr, verdict_rows = pairwise_win_rate(items, judge, order=ds.judge.order, seed=ds.judge.seed)
-        by_id = {v["id"]: v for v in verdict_rows}
-        for r in rows:
-            v = by_id.get(r["id"])
-            if v is not None:
-                r.update(verdict=v["verdict"], score=v["score"], judgements=v["judgements"])
-        agg["protocol"]["pairwise"] = wr.pop("protocol")
-        wr.pop("n", None)
-        agg.update(wr)
-    else:
-        agg.update({"win_rate": None, "note": "no baseline summaries available; win-rate not computed"})
-    return agg, rows
-
-
-def dialogsum_params(task_def, cfg: EvalConfig) -> GenerationParams:
-    from harness.runner import task_stop_strings
-
-    return GenerationParams(max_new_tokens=cfg.dialogsum.max_new_tokens, temperature=0.0,
-                            stop=task_stop_strings(task_def))
-
-
-def generate_dialogsum_summaries(model, tokenizer, task_cfg: TaskConfig, cfg: EvalConfig, data_dir: Path | None,
-                                 progress: bool = True) -> dict[str, str]:
-    """Greedy summaries keyed by example id (the pairwise judge's baseline side)."""
-    from harness.data import get_task, load_examples
-    from harness.runner import prompt_renderer
-
-    task_def = get_task("dialogsum")
-    examples = load_examples(task_def, "eval", source=task_cfg.eval_source, limit=task_cfg.eval_limit, data_dir=data_dir, seed=0)
-    render = prompt_renderer(task_def, tokenizer)
-    backend = HFGenerationBackend(model, tokenizer, batch_size=cfg.batch_size, progress=progress, desc="baseline summaries")
-    outs = backend.generate([render(ex) for ex in examples], dialogsum_params(task_def, cfg))
-    return {ex.id: o.text.strip() for ex, o in zip(examples, outs)}
-
-
-def _mean(values) -> float | None:
-    vals = [v for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else None
-
-
 # ----------------------------------------------------------------------------- diagnostics
 
 
 @torch.no_grad()
-def reference_diagnostics(model, teacher, tokenizer, examples, render, max_tokens: int = 256) -> dict[str, float]:
+def reference_diagnostics(model, teacher, tokenizer, examples, render, max_tokens: int = 256, *,
+                          logit_columns: int | None = None, chunk_size: int = 128) -> dict[str, float]:
     """Teacher-forced on held-out references: student per-token CE and mean KL(p_T || p_S).
 
-    These separate objectives even when a CPU-sized run leaves benchmark scores near zero.
+    These separate objectives even when a CPU-sized run leaves benchmark scores near zero. The
+    loss goes through the training stage's own path (`objectives.engine.chunked_loss` with the
+    `sft` objective, whose per-token loss is the CE; the engine's KL statistic is KL(p_T||p_S)) on
+    the same sliced heads, `chunk_size` positions at a time, so memory stays bounded.
     """
     from harness.generation import encode_prompts
-    from harness.training.batching import TokenSequence, collate
-    from harness.training.forward import lm_head, loss_hidden_states
-    from objectives import divergences as D
+    from harness.modeling.batching import TokenSequence, collate
+    from harness.modeling.forward import lm_head, loss_hidden_states, sliced_head
+    from objectives.base import build_objective
+    from objectives.engine import chunked_loss
+
+    if teacher is not None and logit_columns is None:
+        s_rows, t_rows = (m.get_output_embeddings().weight.shape[0] for m in (model, teacher))
+        # Heads of different sizes over one tokenizer (checked at load): compare the tokenizer's columns.
+        logit_columns = len(tokenizer) if s_rows != t_rows else None
 
     seqs = []
     for ex in examples:
@@ -289,19 +142,18 @@ def reference_diagnostics(model, teacher, tokenizer, examples, render, max_token
     n = 0
     was_training = model.training
     model.eval()
+    ce = build_objective("sft", {})
+    s_head = sliced_head(lm_head(model), logit_columns)
+    t_head = sliced_head(lm_head(teacher), logit_columns) if teacher is not None else None
     try:
         for i in range(0, len(seqs), 4):
             batch = collate(seqs[i : i + 4], pad_id).to(device)
-            s_logp = D.log_probs(lm_head(model)(loss_hidden_states(model, batch)))
-            ce_sum += float(-s_logp.gather(1, batch.targets[:, None]).sum())
+            t_hidden = loss_hidden_states(teacher, batch) if teacher is not None else None
+            res = chunked_loss(ce, {}, loss_hidden_states(model, batch), s_head, t_hidden, t_head, batch.targets,
+                               chunk_size=chunk_size)
+            ce_sum += float(res.loss_sum)
             if teacher is not None:
-                t_logp = D.log_probs(lm_head(teacher)(loss_hidden_states(teacher, batch)))
-                if t_logp.shape[-1] != s_logp.shape[-1]:
-                    # Heads of different sizes over one tokenizer (checked at load): compare its columns.
-                    cols = len(tokenizer)
-                    t_logp = D.log_probs(t_logp[:, :cols])
-                    s_logp = D.log_probs(s_logp[:, :cols])
-                kl_sum += float(D.forward_kl(t_logp, s_logp).sum())
+                kl_sum += res.kl_sum
             n += batch.n_loss_tokens
     finally:
         model.train(was_training)

@@ -119,9 +119,16 @@ def print_plan(cfg: SuiteConfig, cells: list[Cell], all_cells: int) -> None:
             tot[k] += est[k]
         print(f"{c.cell_id:58s} {c.kind:9s} {est['optimizer_steps']:6d} {est['prompts_seen']:8d} {est['max_rollout_tokens']:13d}")
     print(f"{'total':58s} {'':9s} {tot['optimizer_steps']:6d} {tot['prompts_seen']:8d} {tot['max_rollout_tokens']:13d}")
-    ev = cfg.eval
-    print(f"evaluation per cell: gsm8k<= {ev.gsm8k.max_new_tokens} tok/example, humaneval n={ev.humaneval.n_samples}, "
-          f"dialogsum judge={ev.dialogsum.judge.kind} vs {ev.dialogsum.baseline}")
+    from harness.data import get_task
+    from harness.tasks.contract import baseline_source, generation_params
+
+    for t in cfg.tasks:
+        task = get_task(t.name)
+        gen = generation_params(task, cfg.eval)
+        base = baseline_source(task, cfg.eval)
+        print(f"evaluation of {t.name} per cell: <= {gen.max_new_tokens} tok x {gen.n} sample(s), T {gen.temperature:g}"
+              + (f", compared against {base}" if base else "") + (", judged" if task.needs.judge else "")
+              + (", code run in the sandbox" if task.needs.sandbox else ""))
 
 
 def environment_info() -> dict[str, Any]:
@@ -201,16 +208,20 @@ class SuiteRunner:
             import torch
 
             from harness.models import load_model
-            from harness.runner import pick_device
+            from harness.pipeline import pick_device
 
             dev = pick_device()
             self._teacher, self._teacher_tok = load_model(
                 self.cfg.teacher, dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32, device=str(dev))
         return self._teacher, self._teacher_tok
 
-    def _baseline_name(self) -> str:
-        """Which model wrote the DialogSum baseline summaries, for the protocol record."""
-        which = self.cfg.eval.dialogsum.baseline
+    def _baseline_name(self, task: str) -> str | None:
+        """Which model wrote the task's baseline outputs, for the protocol record."""
+        from harness.pipeline import baseline_source
+
+        which = baseline_source(task, self.cfg.eval)
+        if which is None:
+            return None
         spec = self.cfg.teacher if which == "teacher" else self.cfg.student
         return f"{which}: {spec.name or spec.model_dump(mode='json', exclude_none=True)}"
 
@@ -230,10 +241,9 @@ class SuiteRunner:
     def run_cell(self, cell: Cell) -> dict[str, Any]:
         import torch
 
-        from harness.eval_runner import evaluate_model
         from harness.models import load_model
         from harness.paths import data_dir as resolve_data_dir
-        from harness.runner import pick_device, run_training
+        from harness.pipeline import evaluate_cell, pick_device, run_training
 
         t_start = time.perf_counter()
         cdir = self.cell_dir(cell)
@@ -258,9 +268,9 @@ class SuiteRunner:
         t_eval = time.perf_counter()
         eval_task = task_cfg
         baseline_outputs = self.baseline_outputs(cell.task)
-        metrics = evaluate_model(model, tok, [eval_task], self.cfg.eval, cdir, data_dir=data_dir, teacher=teacher,
-                                 baseline_outputs=baseline_outputs, progress=self.progress, seed=cell.seed,
-                                 baseline_name=self._baseline_name())
+        metrics = evaluate_cell(model, tok, [eval_task], self.cfg.eval, cdir, data_dir=data_dir, teacher=teacher,
+                                baseline_outputs=baseline_outputs, progress=self.progress, seed=cell.seed,
+                                baseline_name=self._baseline_name(cell.task))
         eval_wall = time.perf_counter() - t_eval
         telemetry = cdir / "train" / "telemetry.jsonl"
         record = {
@@ -299,30 +309,32 @@ class SuiteRunner:
         if not self.cfg.keep_models:
             shutil.rmtree(cdir / "train" / "model", ignore_errors=True)
 
-    # -- DialogSum baseline summaries -----------------------------------------------------------------
+    # -- baseline outputs ---------------------------------------------------------------------------
     def baseline_outputs(self, task: str) -> dict[str, dict[str, str]] | None:
-        """The baseline's DialogSum summaries, generated once per results dir and shared by all cells/shards."""
-        if task != "dialogsum" or self.cfg.eval.dialogsum.baseline == "references":
+        """The baseline model's outputs for a task that compares against them (the task declares
+        `needs.baseline_outputs`), generated once per results dir and shared by all cells/shards."""
+        from harness.pipeline import baseline_source
+
+        which = baseline_source(task, self.cfg.eval)
+        if which in (None, "references"):
             return None
-        path = self.results_dir / "baseline_outputs" / f"dialogsum-{self.cfg.eval.dialogsum.baseline}.json"
+        path = self.results_dir / "baseline_outputs" / f"{task}-{which}.json"
         if path.exists():
-            return {"dialogsum": read_json(path)}
+            return {task: read_json(path)}
         import torch
 
-        from harness.eval_runner import generate_dialogsum_summaries
         from harness.models import load_model
         from harness.paths import data_dir as resolve_data_dir
-        from harness.runner import pick_device
+        from harness.pipeline import baseline_outputs, pick_device
 
-        task_cfg = next(t for t in self.cfg.tasks if t.name == "dialogsum")
-        if self.cfg.eval.dialogsum.baseline == "teacher":
+        task_cfg = next(t for t in self.cfg.tasks if t.name == task)
+        if which == "teacher":
             model, tok = self.teacher()
         else:
             model, tok = load_model(self.cfg.student, teacher=self.cfg.teacher, dtype=torch.float32, device=str(pick_device()))
-        summaries = generate_dialogsum_summaries(model, tok, task_cfg, self.cfg.eval, resolve_data_dir(self.data_dir),
-                                                 progress=self.progress)
-        atomic_write_json(path, summaries)
-        return {"dialogsum": summaries}
+        outputs = baseline_outputs(model, tok, task_cfg, self.cfg.eval, resolve_data_dir(self.data_dir), progress=self.progress)
+        atomic_write_json(path, outputs)
+        return {task: outputs}
 
 
 # Fields that only enumerate cells: they may grow between runs into one results directory.
@@ -390,5 +402,6 @@ def run_suite_cli(args) -> int:
     from harness.report import build_report
 
     files = build_report(runner.results_dir, Path(args.leaderboards_dir), name=cfg.name)
-    print(f"suite {cfg.name}: {len(cells)} cells in {time.perf_counter() - t0:.0f}s; leaderboard: {files}")
+    print(f"suite {cfg.name}: {len(cells)} cells in {time.perf_counter() - t0:.0f}s; results in {runner.results_dir}")
+    print(files.describe())
     return 0

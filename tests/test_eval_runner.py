@@ -36,7 +36,7 @@ def test_evaluate_all_tasks_writes_records(tiny_model_dir, tmp_path, gsm_file):
     res = evaluate_model(model, tok, tasks, cfg, tmp_path / "out", data_dir=None, teacher=teacher, progress=False)
 
     g = read_json(tmp_path / "out" / "eval" / "gsm8k.json")
-    assert g["n"] == 3 and 0.0 <= g["accuracy"] <= 1.0 and g["protocol"]["prompt_template_hash"]
+    assert g["n"] == 3 and 0.0 <= g["accuracy"] <= 1.0 and g["protocol"]["definition_hash"] and g["protocol"]["protocol_hash"]
     rows = read_jsonl(tmp_path / "out" / "eval" / "gsm8k.jsonl")
     assert sorted(r["target"] for r in rows) == ["1", "2", "3"]
     assert all({"prompt", "output", "extracted", "correct"} <= set(r) for r in rows)

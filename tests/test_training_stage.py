@@ -181,7 +181,7 @@ def test_teacher_generations_are_cached_and_reused(tiny_model_dir, tmp_path):
 def test_heads_of_different_size_need_explicit_slicing(tiny_model_dir_factory, tmp_path):
     from harness.config import ModelSpec
     from harness.errors import VocabMismatchError
-    from harness.runner import load_pair
+    from harness.pipeline import load_pair
     from harness.training.loop import TrainingSetup
 
     padded = tiny_model_dir_factory(head_size=520, tie=False)  # 8 padding rows beyond the 512-token vocab
@@ -218,7 +218,7 @@ def test_lora_student_trains_and_saves_a_merged_checkpoint(tiny_model_dir, tmp_p
     from transformers import AutoModelForCausalLM
 
     from harness.config import ModelSpec
-    from harness.runner import load_pair
+    from harness.pipeline import load_pair
 
     spec = ModelSpec(name=str(tiny_model_dir), lora={"r": 4, "alpha": 8})
     pair = load_pair(ModelSpec(name=str(tiny_model_dir)), spec)

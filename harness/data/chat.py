@@ -16,3 +16,12 @@ def render_chat_prompt(tokenizer: Any, prompt: str, use_chat_template: bool = Tr
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
     return prompt
+
+
+def prompt_renderer(task_def: Any, tokenizer: Any):
+    """Example -> rendered prompt text (chat template applied when the task says so).
+
+    Training, rollouts and evaluation all render through this one function, so a task's prompt is
+    the same wherever it is used.
+    """
+    return lambda ex: render_chat_prompt(tokenizer, ex.prompt, use_chat_template=task_def.use_chat_template)

@@ -13,7 +13,8 @@ from typing import Any
 from harness import paths
 from harness.data.packaged import load_packaged
 from harness.data.readers import read_records
-from harness.data.taskdef import SPLITS, SourceDef, TaskDef, get_task, template_fields
+from harness.data.registry import get_task
+from harness.data.taskdef import SPLITS, SourceDef, TaskDef, template_fields
 from harness.errors import DataError, HubUnavailableError
 from harness.hub import hub_unreachable_reason
 

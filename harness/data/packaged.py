@@ -65,6 +65,16 @@ LOADERS = {
 
 
 def load_packaged(loader: str, split: str, options: dict[str, Any]) -> list[dict[str, Any]]:
+    if ":" in loader:  # a plugin task's own loader, `module:function`
+        import importlib
+
+        module, _, func = loader.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), func)
+        except (ImportError, AttributeError) as exc:
+            raise DataError(f"packaged loader {loader!r} cannot be loaded ({exc}); install the task's package or fix "
+                            "`loader:` in its YAML") from None
+        return list(fn(split, options))
     if loader not in LOADERS:
         raise DataError(f"unknown packaged loader {loader!r}; known: {sorted(LOADERS)}")
     return LOADERS[loader](split, options)

@@ -7,7 +7,6 @@ the final answer, and the data sources it can be loaded from with the preference
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 import re
 from pathlib import Path
@@ -47,9 +46,44 @@ class AnswerSpec(_Strict):
 
     field: str = Field(..., description="canonical field holding the worked answer")
     regex: str = Field(..., description="first group = the final answer")
-    output_regexes: list[str] = Field(
-        default_factory=list, description="patterns for reading a model's answer, tried in order (evaluation)"
-    )
+
+
+class TaskNeeds(_Strict):
+    """What evaluating the task needs beyond the model itself; the pipeline provides it when asked.
+
+    Code never asks for a task's name to decide this: it reads these flags.
+    """
+
+    baseline_outputs: bool = Field(
+        False, description="the scorer compares against another model's outputs on the same prompts (generated "
+                           "once per results dir; which model: the scorer's `baseline_source`, default the teacher)")
+    judge: bool = Field(False, description="outputs are judged (eval.<task>.judge builds the judge)")
+    sandbox: bool = Field(False, description="model-written code is executed (only in the confined sandbox)")
+
+
+class MetricDecl(_Strict):
+    """A headline metric: an aggregate key plus how the leaderboard reads it per example.
+
+    `per_example` names how the rows of eval/<task>.jsonl give one score per example id:
+    `field` (the numeric or boolean `field` of the row), `pass_at` (unbiased pass@k from the row's
+    `n` and `c`), `verdict` (a judge verdict: win 1, tie 0.5, loss 0). The declaration is recorded
+    with the results, so a leaderboard is rebuilt from results alone, even for a task not installed.
+    """
+
+    name: str = Field(..., description="aggregate key in eval/<task>.json, e.g. accuracy")
+    label: str = Field(..., description="leaderboard column header")
+    per_example: Literal["field", "pass_at", "verdict"] = "field"
+    field: str | None = None
+    k: int | None = Field(None, ge=1)
+    binary: bool = Field(False, description="per-example outcomes are 0/1 (McNemar applies)")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "MetricDecl":
+        if self.per_example == "field" and not self.field:
+            raise ValueError("per_example `field` needs `field:` (the row key holding the score)")
+        if self.per_example == "pass_at" and self.k is None:
+            raise ValueError("per_example `pass_at` needs `k:`")
+        return self
 
 
 class SourceDef(_Strict):
@@ -91,8 +125,9 @@ class SourceDef(_Strict):
     def _kind_fields(self) -> "SourceDef":
         if self.kind == "hub" and not self.hub_id:
             raise ValueError("a `hub` source needs `hub_id`")
-        if self.kind == "packaged" and self.loader not in PACKAGED_LOADERS:
-            raise ValueError(f"a `packaged` source needs `loader`, one of {list(PACKAGED_LOADERS)}")
+        if self.kind == "packaged" and self.loader not in PACKAGED_LOADERS and ":" not in (self.loader or ""):
+            raise ValueError(f"a `packaged` source needs `loader`: one of {list(PACKAGED_LOADERS)}, or "
+                             "`module:function` (a plugin's loader: function(split, options) -> list of records)")
         if self.kind != "packaged" and self.synthetic:
             raise ValueError("only packaged sources can be synthetic")
         return self
@@ -111,6 +146,9 @@ class TaskDef(_Strict):
     eval_group_by: str | None = Field(
         None, description="like a source's group_by, for `file:<path>` inputs (whose row layout is unknown)"
     )
+    scorer: str = Field(..., description="importable module that scores the outputs (harness.tasks.<name> for built-ins)")
+    needs: TaskNeeds = TaskNeeds()
+    metrics: list[MetricDecl] = Field(default_factory=list, description="headline metrics shown in the leaderboard")
     sources: dict[str, SourceDef] = Field(..., min_length=1)
     auto: dict[Split, list[str]] = Field(..., description="preference order for source `auto`, per split")
     file_schemas: list[str] = Field(
@@ -146,12 +184,6 @@ def _format_error(err: ValidationError, where: str) -> str:
     return "\n".join(lines)
 
 
-def task_names() -> list[str]:
-    """Names of the task YAMLs shipped in harness/tasks."""
-    root = importlib.resources.files("harness").joinpath("tasks")
-    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
-
-
 def _load_yaml(text: str, where: str) -> Any:
     try:
         return yaml.safe_load(text)
@@ -166,18 +198,3 @@ def parse_task(raw: Any, where: str) -> TaskDef:
         return TaskDef.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_error(err, where)) from None
-
-
-def get_task(name: str | os.PathLike) -> TaskDef:
-    """The task named `name` (harness/tasks/<name>.yaml), or a task YAML given by path."""
-    as_path = Path(os.path.expanduser(str(name)))
-    if str(name).endswith((".yaml", ".yml")) and as_path.is_file():
-        return parse_task(_load_yaml(as_path.read_text(encoding="utf-8"), str(as_path)), str(as_path))
-    resource = importlib.resources.files("harness").joinpath("tasks", f"{name}.yaml")
-    if not resource.is_file():
-        raise ConfigError(f"unknown task {str(name)!r}; known: {', '.join(task_names())} (or a path to a task .yaml)")
-    where = f"harness/tasks/{name}.yaml"
-    task = parse_task(_load_yaml(resource.read_text(encoding="utf-8"), where), where)
-    if task.name != str(name):
-        raise ConfigError(f"harness/tasks/{name}.yaml declares name {task.name!r}; they must match")
-    return task

@@ -33,6 +33,13 @@ class ReportFiles:
     def all(self) -> list[Path]:
         return [self.markdown, self.html, self.csv, *self.plots]
 
+    def describe(self) -> str:
+        """What was written, one path per line (what `report` and `run` print)."""
+        lines = [f"leaderboard: {self.markdown}", f"  html:  {self.html}", f"  csv:   {self.csv}"]
+        if self.plots:
+            lines.append(f"  plots: {len(self.plots)} in {self.files_dir}")
+        return "\n".join(lines)
+
 
 def leaderboard_frame(results_dir: PathLike | Sequence[PathLike]) -> pd.DataFrame:
     """The leaderboard as a long DataFrame (the same table the CSV export holds) for your own analysis."""

@@ -9,7 +9,7 @@ import math
 
 import pandas as pd
 
-from harness.report.metrics import COST_KEYS, DIAGNOSTICS, MAIN_METRICS, STABILITY_KEYS
+from harness.report.metrics import COST_KEYS, DIAGNOSTICS, STABILITY_KEYS
 from harness.report.table import Leaderboard
 
 COLUMNS = [
@@ -29,7 +29,7 @@ def to_frame(board: Leaderboard) -> pd.DataFrame:
     records: list[dict] = []
     for row in board.rows:
         base = {"row": row.label, "objective": row.objective, "kind": row.kind, "sweep": row.sweep_text}
-        for spec in MAIN_METRICS:
+        for spec in board.metrics:  # columns without data in any row are skipped below anyway
             iv = board.main[(row.label, spec.key)]
             if not math.isfinite(iv.mean):
                 continue

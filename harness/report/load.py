@@ -20,7 +20,6 @@ import yaml
 from harness.io import read_jsonl
 
 SCHEMA_VERSION = 1
-TASKS = ("gsm8k", "humaneval", "dialogsum")
 BASELINE_LABELS = {"student_init": "Student (init)", "teacher": "Teacher"}
 
 PathLike = str | os.PathLike
@@ -144,10 +143,10 @@ class Results:
         return str(self.suite.get("name")) if self.suite and self.suite.get("name") else None
 
     def tasks(self) -> list[str]:
-        """Tasks present in the results, in the canonical order."""
+        """Tasks present in the results: the suite's order, then any others by name."""
         present = {c.task for c in self.cells}
         suite_tasks = [t.get("name") for t in (self.suite or {}).get("tasks", []) if isinstance(t, dict)]
-        ordered = [t for t in TASKS if t in present or t in suite_tasks]
+        ordered = list(dict.fromkeys(t for t in suite_tasks if isinstance(t, str)))
         return ordered + sorted(t for t in present if t not in ordered)
 
 

@@ -19,8 +19,11 @@ Scores = dict[str, float]
 VERDICT_SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}  # "malformed" is left out: a judge failure, not a verdict
 
 
-def _gsm8k_correct(rows: Records) -> Scores:
-    return {str(r["id"]): 1.0 if r.get("correct") else 0.0 for r in rows if "id" in r}
+def _binary(name: str) -> Callable[[Records], Scores]:
+    def scores(rows: Records) -> Scores:
+        return {str(r["id"]): 1.0 if r.get(name) else 0.0 for r in rows if "id" in r}
+
+    return scores
 
 
 def _pass_at(k: int) -> Callable[[Records], Scores]:
@@ -80,19 +83,65 @@ class MetricSpec:
     label: str  # column header
     per_example: Callable[[Records], Scores]
     binary: bool = False  # per-example outcomes are 0/1: McNemar applies
+    kind: str = "field"  # how rows become scores: field | pass_at | verdict (a judge's verdicts get a bar plot)
 
     @property
     def scale(self) -> float:
         return 100.0
 
 
-MAIN_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("gsm8k/accuracy", "gsm8k", "accuracy", "GSM8K acc", _gsm8k_correct, binary=True),
-    MetricSpec("humaneval/pass@1", "humaneval", "pass@1", "HumanEval pass@1", _pass_at(1)),
-    MetricSpec("humaneval/pass@10", "humaneval", "pass@10", "HumanEval pass@10", _pass_at(10)),
-    MetricSpec("dialogsum/win_rate", "dialogsum", "win_rate", "DialogSum win-rate", _verdict),
-    MetricSpec("dialogsum/rougeL", "dialogsum", "rougeL", "DialogSum ROUGE-L", _field("rougeL")),
+def spec_from_declaration(task: str, decl: dict[str, Any]) -> MetricSpec:
+    """A column from a task's metric declaration (`metrics:` in its YAML, recorded in every protocol)."""
+    kind = decl.get("per_example", "field")
+    if kind == "pass_at":
+        per_example = _pass_at(int(decl["k"]))
+    elif kind == "verdict":
+        per_example = _verdict
+    elif decl.get("binary"):
+        per_example = _binary(str(decl["field"]))
+    else:
+        per_example = _field(str(decl["field"]))
+    name = str(decl["name"])
+    return MetricSpec(f"{task}/{name}", task, name, str(decl.get("label") or f"{task} {name}"), per_example,
+                      binary=bool(decl.get("binary")), kind=kind)
+
+
+# Results written before protocols recorded the task definition carry no metric declarations: these
+# are the built-in tasks' declarations of that time (the same as their YAMLs'), so old results keep
+# their columns. New results are read from what they recorded.
+LEGACY_DECLARATIONS: dict[str, list[dict[str, Any]]] = {
+    "gsm8k": [{"name": "accuracy", "label": "GSM8K acc", "per_example": "field", "field": "correct", "binary": True}],
+    "humaneval": [{"name": "pass@1", "label": "HumanEval pass@1", "per_example": "pass_at", "k": 1},
+                  {"name": "pass@10", "label": "HumanEval pass@10", "per_example": "pass_at", "k": 10}],
+    "dialogsum": [{"name": "win_rate", "label": "DialogSum win-rate", "per_example": "verdict"},
+                  {"name": "rougeL", "label": "DialogSum ROUGE-L", "per_example": "field", "field": "rougeL"}],
+}
+
+MAIN_METRICS: tuple[MetricSpec, ...] = tuple(
+    spec_from_declaration(task, d) for task, decls in LEGACY_DECLARATIONS.items() for d in decls
 )
+
+
+def recorded_declarations(results: Any, task: str) -> list[dict[str, Any]] | None:
+    """The metric declarations recorded in the first of the task's cells that has them."""
+    for cell in sorted(results.cells, key=lambda c: c.cell_id):
+        if cell.task != task:
+            continue
+        agg = cell.eval_aggregate(task)
+        definition = ((agg or {}).get("protocol") or {}).get("definition") if isinstance(agg, dict) else None
+        if isinstance(definition, dict) and isinstance(definition.get("metrics"), list):
+            return definition["metrics"]
+    return None
+
+
+def metric_specs(results: Any) -> tuple[MetricSpec, ...]:
+    """The headline columns of these results: per task (in the results' task order), what it declared."""
+    out: list[MetricSpec] = []
+    for task in results.tasks():
+        decls = recorded_declarations(results, task)
+        for d in decls if decls is not None else LEGACY_DECLARATIONS.get(task, []):
+            out.append(spec_from_declaration(task, d))
+    return tuple(out)
 
 
 @dataclass(frozen=True)

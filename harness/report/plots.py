@@ -183,7 +183,11 @@ def schedules(board: Leaderboard) -> Plot | None:
 
 
 def win_rate_bars(board: Leaderboard) -> Plot | None:
-    key = "dialogsum/win_rate"
+    """Bars for the first judged (verdict) metric: a win-rate against a baseline."""
+    spec = next((s for s in board.metrics if s.kind == "verdict"), None)
+    if spec is None:
+        return None
+    key = spec.key
     rows = [r for r in board.rows if math.isfinite(board.main[(r.label, key)].mean)]
     if not rows:
         return None
@@ -198,8 +202,9 @@ def win_rate_bars(board: Leaderboard) -> Plot | None:
     ax.axhline(50.0, color="0.3", linewidth=0.8, linestyle="--")
     ax.set_xticks(x, [r.label for r in rows], rotation=30, ha="right")
     ax.set_ylabel("win-rate (%)")
-    ax.set_title("DialogSum win-rate (95% CI; grey = baseline)")
-    return Plot("winrate.png", "DialogSum win-rate", "Win-rate against the DialogSum baseline with 95% CIs (drawn clipped to 0-100); dashed line = parity.", _png(fig))
+    ax.set_title(f"{spec.label} (95% CI; grey = baseline)")
+    task_name = spec.label.split(" ")[0]  # the label's task part, e.g. "DialogSum"
+    return Plot("winrate.png", spec.label, f"Win-rate against the {task_name} baseline with 95% CIs (drawn clipped to 0-100); dashed line = parity.", _png(fig))
 
 
 def sweep_plots(board: Leaderboard) -> list[Plot]:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from harness.report.load import Cell, Results
-from harness.report.metrics import COST_KEYS, DIAGNOSTICS, MAIN_METRICS, STABILITY_KEYS, MetricSpec, Scores
+from harness.report.metrics import COST_KEYS, DIAGNOSTICS, STABILITY_KEYS, MetricSpec, Scores, metric_specs
 from harness.report.stats import (
     NAN_INTERVAL,
     Interval,
@@ -288,12 +288,13 @@ def build_leaderboard(results: Results) -> Leaderboard:
     tasks = results.tasks()
     main: dict[tuple[str, str], Interval] = {}
     per_seed: dict[tuple[str, str], dict[int, float]] = {}
+    specs = metric_specs(results)
     for row in rows:
-        for spec in MAIN_METRICS:
+        for spec in specs:
             interval, seeds = aggregate_metric(row, spec)
             main[(row.label, spec.key)] = interval
             per_seed[(row.label, spec.key)] = seeds
-    metrics = [s for s in MAIN_METRICS if any(math.isfinite(main[(r.label, s.key)].mean) for r in rows)]
+    metrics = [s for s in specs if any(math.isfinite(main[(r.label, s.key)].mean) for r in rows)]
 
     sft = next((r for r in rows if r.objective == SFT_OBJECTIVE and not r.sweep and not r.is_baseline), None)
     deltas: dict[tuple[str, str], Comparison] = {}

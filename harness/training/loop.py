@@ -21,10 +21,11 @@ from harness.config import RunConfig
 from harness.errors import TrainingAborted
 from harness.generation import GenerationParams, HFGenerationBackend
 from harness.io import atomic_write_json
-from harness.training.batching import collate, split_micro_batches
+from harness.modeling.batching import collate
+from harness.training.batching import split_micro_batches
 from harness.training.checkpoint import TrainState, find_checkpoint, load_checkpoint, save_checkpoint
 from harness.training.distributed import DistContext, init_distributed
-from harness.training.forward import lm_head, loss_hidden_states, sliced_head
+from harness.modeling.forward import lm_head, loss_hidden_states, sliced_head
 from harness.training.schedules import build_scheduler
 from harness.training.sequences import SequenceBuilder, SequenceCounters, TeacherGenerationCache
 from harness.training.telemetry import PeakMemory, TelemetryLog

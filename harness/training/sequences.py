@@ -16,7 +16,7 @@ from typing import Sequence
 
 from harness.generation import GenerationBackend, GenerationParams, encode_prompts
 from harness.io import append_jsonl, iter_jsonl
-from harness.training.batching import TokenSequence
+from harness.modeling.batching import TokenSequence
 from objectives.base import SequenceSource
 
 

@@ -1,20 +1,21 @@
-"""Glue between validated configs and the stages: load models and data, train, evaluate.
+"""The one pipeline: load a checked teacher/student pair, prepare sequences, train a cell, evaluate a cell.
 
-`distill-bench train` and `distill-bench eval` call in here; the suite runner reuses the same
-functions so a suite cell is exactly a `train` followed by an `eval`.
+`distill-bench train`, `distill-bench eval` and `distill-bench run` (the suite runner) all call
+these functions, so a suite cell is exactly a `train` followed by an `eval`. Argument parsing stays
+in `harness.cli`; training lives in `harness.training`, evaluation in `harness.eval_runner` and
+the task scorers: this module is the only one that uses both.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from harness.config import EvalConfig, ModelSpec, RunConfig, TaskConfig, load_run_config, validate, apply_overrides
+from harness.config import EvalConfig, ModelSpec, RunConfig, TaskConfig
 from harness.paths import cache_dir, data_dir as resolve_data_dir
 from harness.training.loop import TrainingSetup, TrainResult, required_signal, train
 from objectives.base import TeacherSignal, build_objective
@@ -72,31 +73,20 @@ def _apply_lora(model, spec: ModelSpec):
                                             target_modules=list(lc.target_modules), task_type="CAUSAL_LM"))
 
 
-def prompt_renderer(task_def, tokenizer):
-    """Example -> rendered prompt text (chat template applied when the task says so)."""
-    from harness.data import render_chat_prompt
-
-    return lambda ex: render_chat_prompt(tokenizer, ex.prompt, use_chat_template=task_def.use_chat_template)
-
-
-def task_stop_strings(task_def) -> tuple[str, ...]:
-    return tuple(task_def.stop or ())
-
-
 def teacher_cache_file(teacher_dir: Path | None, task: str) -> Path:
     key = hashlib.sha256(str(teacher_dir).encode()).hexdigest()[:16]
     return cache_dir() / "teacher_generations" / f"{task}-{key}.jsonl"
 
 
 def build_setup(cfg: RunConfig, pair: LoadedPair, *, limit: int | None = None) -> TrainingSetup:
-    from harness.data import get_task, load_examples
+    from harness.data import get_task, load_examples, prompt_renderer
 
     task_def = get_task(cfg.task.name)
     examples = load_examples(task_def, "train", source=cfg.task.train_source,
                              limit=limit or cfg.task.train_limit, data_dir=resolve_data_dir(cfg.data_dir), seed=cfg.seed)
     return TrainingSetup(
         teacher=pair.teacher, student=pair.student, tokenizer=pair.tokenizer, examples=examples,
-        render_prompt=prompt_renderer(task_def, pair.tokenizer), stop=task_stop_strings(task_def),
+        render_prompt=prompt_renderer(task_def, pair.tokenizer), stop=tuple(task_def.stop),
         teacher_key=str(pair.teacher_dir), teacher_cache_path=teacher_cache_file(pair.teacher_dir, cfg.task.name),
         logit_columns=pair.logit_columns,
     )
@@ -122,53 +112,28 @@ def _needs_teacher_generation(objective) -> bool:
     return any(src == SequenceSource.TEACHER and p > 0 for src, p in mix.items()) or objective.source == SequenceSource.TEACHER
 
 
-def run_evaluation_cli(args) -> None:
-    """`distill-bench eval MODEL --tasks ...`."""
-    import yaml
-
-    from harness.errors import ConfigError
+def evaluate_cell(model, tokenizer, task_cfgs: list[TaskConfig], eval_cfg: EvalConfig, out_dir: Path, *,
+                  data_dir: Path | None, teacher=None, baseline_outputs=None, progress: bool = True, seed: int = 0,
+                  baseline_name: str | None = None, logit_columns: int | None = None) -> dict[str, Any]:
+    """`distill-bench eval` and a suite cell's evaluation: every task's protocol, records and diagnostics."""
     from harness.eval_runner import evaluate_model
-    from harness.models import load_model
 
-    raw: dict[str, Any] = {}
-    if args.config:
-        raw = yaml.safe_load(Path(args.config).read_text()) or {}
-    raw = apply_overrides(raw, list(args.overrides))
-    eval_cfg = validate(EvalConfig, raw.get("eval", {}), f"{args.config or '<cli>'}:eval")
-    teacher_spec = validate(ModelSpec, raw["teacher"], "teacher") if raw.get("teacher") else None
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    sources = {}
-    for item in args.source:
-        if "=" not in item:
-            raise ConfigError(f"--source {item!r}: use TASK=SOURCE, e.g. gsm8k=file:data/test.jsonl")
-        task, src = item.split("=", 1)
-        sources[task.strip()] = src.strip()
-    task_cfgs = [validate(TaskConfig, {"name": t, "eval_limit": args.limit, "eval_source": sources.get(t, "auto")},
-                          f"--tasks {t}") for t in tasks]
-    spec = validate(ModelSpec, {"name": args.model}, "model")
-    device = pick_device()
-    model, tok = load_model(spec, dtype=torch.float32, device=str(device))
-    teacher = None
-    if teacher_spec is not None:
-        teacher, _ = load_model(teacher_spec, dtype=torch.float32, device=str(device))
-    data_dir = resolve_data_dir(args.data_dir)
-    baseline_outputs = None
-    base_spec = None
-    dialogsum = next((t for t in task_cfgs if t.name == "dialogsum"), None)
-    if dialogsum is not None and eval_cfg.dialogsum.baseline != "references":
-        from harness.eval_runner import generate_dialogsum_summaries
+    return evaluate_model(model, tokenizer, task_cfgs, eval_cfg, out_dir, data_dir=data_dir, teacher=teacher,
+                          baseline_outputs=baseline_outputs, progress=progress, seed=seed, baseline_name=baseline_name,
+                          logit_columns=logit_columns)
 
-        base_spec = validate(ModelSpec, {"name": args.baseline_model}, "--baseline-model") if args.baseline_model else teacher_spec
-        if base_spec is None:
-            raise ConfigError("DialogSum win-rate needs a baseline: pass --baseline-model MODEL, a `teacher:` in --config, "
-                              "or eval.dialogsum.baseline=references")
-        base_model, base_tok = load_model(base_spec, dtype=torch.float32, device=str(device))
-        baseline_outputs = {"dialogsum": generate_dialogsum_summaries(base_model, base_tok, dialogsum, eval_cfg, data_dir,
-                                                                      progress=not args.no_progress)}
-        del base_model
-    results = evaluate_model(model, tok, task_cfgs, eval_cfg, Path(args.output_dir), data_dir=data_dir,
-                             teacher=teacher, baseline_outputs=baseline_outputs, progress=not args.no_progress,
-                             baseline_name=(base_spec.name or str(base_spec)) if base_spec is not None else None)
-    import json
 
-    print(json.dumps(results, indent=2, default=str))
+def baseline_source(task_name: str, eval_cfg: EvalConfig) -> str | None:
+    """Whose outputs the task compares against ("teacher", "student_init", "references"), or None."""
+    from harness.data import get_task
+    from harness.tasks.contract import baseline_source as source
+
+    return source(get_task(task_name), eval_cfg)
+
+
+def baseline_outputs(model, tokenizer, task_cfg: TaskConfig, eval_cfg: EvalConfig, data_dir: Path | None,
+                     progress: bool = True) -> dict[str, str]:
+    """A baseline model's outputs on the task's eval prompts (example id -> text)."""
+    from harness.eval_runner import generate_baseline_outputs
+
+    return generate_baseline_outputs(model, tokenizer, task_cfg, eval_cfg, data_dir, progress=progress)

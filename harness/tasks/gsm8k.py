@@ -1,0 +1,54 @@
+"""GSM8K scoring: the final number of each output against the reference's `#### N` (accuracy).
+
+The headline protocol is the Veto paper's (the task YAML's prompt, greedy, stop at a blank line,
+answer extraction by the rules in harness/evaluation/gsm8k_extraction.yaml). With
+`eval.gsm8k.protocols` containing `lm_eval`, lm-eval's own 5-shot gsm8k task runs beside it on the
+same questions and is recorded under `lm_eval`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harness.errors import DataError
+from harness.evaluation.gsm8k import EXTRACTION_YAML, answers_match, extract_answer
+from harness.tasks.contract import ScoreContext
+
+RULES_FILES = (EXTRACTION_YAML,)
+
+
+def generation_overrides(eval_cfg) -> dict[str, Any]:
+    return {"max_new_tokens": eval_cfg.gsm8k.max_new_tokens}
+
+
+def score(ctx: ScoreContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    rows = []
+    for ex, prompt, out in zip(ctx.examples, ctx.prompts, ctx.outputs):
+        pred = extract_answer(out.text)
+        target = ex.answer
+        correct = pred is not None and target is not None and answers_match(pred, target)
+        rows.append({"id": ex.id, "prompt": prompt, "output": out.text, "extracted": pred, "target": target,
+                     "correct": bool(correct), "finish_reason": out.finish_reason, "output_tokens": len(out.token_ids)})
+    n = len(rows)
+    agg: dict[str, Any] = {
+        "accuracy": sum(r["correct"] for r in rows) / n if n else float("nan"), "n": n,
+        "mean_length": sum(r["output_tokens"] for r in rows) / n if n else float("nan"),
+        "protocol": {"name": "paper", "protocols": list(ctx.eval_cfg.gsm8k.protocols)},
+    }
+    if "lm_eval" in ctx.eval_cfg.gsm8k.protocols:
+        agg["lm_eval"] = _lm_eval(ctx)
+    return agg, rows
+
+
+def _lm_eval(ctx: ScoreContext) -> dict[str, Any]:
+    """lm-eval's own 5-shot protocol on the same (seeded) limit of test questions."""
+    from harness.evaluation.gsm8k_lm_eval import run_lm_eval_gsm8k
+
+    gsm_dir = Path(ctx.data_dir) / "gsm8k" if ctx.data_dir else None
+    if gsm_dir is None or not (gsm_dir / "test.jsonl").is_file():
+        raise DataError("the lm_eval GSM8K protocol reads gsm8k/test.jsonl and gsm8k/train.jsonl (5-shot examples) "
+                        "from the data directory: set --data-dir / DISTILL_BENCH_DATA_DIR, or drop `lm_eval` from "
+                        "eval.gsm8k.protocols")
+    return run_lm_eval_gsm8k(ctx.model, ctx.tokenizer, data_dir=gsm_dir, limit=ctx.task_cfg.eval_limit,
+                             batch_size=ctx.eval_cfg.batch_size, num_fewshot=ctx.eval_cfg.gsm8k.lm_eval_num_fewshot)

