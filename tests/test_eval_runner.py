@@ -105,3 +105,42 @@ def test_eval_cli_dialogsum_against_a_baseline_model_records_it(tiny_model_dir_f
     assert d["protocol"]["baseline_model"] == str(baseline)
     rows = read_jsonl(tmp_path / "ev" / "eval" / "dialogsum.jsonl")
     assert all(r["baseline_output"] is not None and r["verdict"] in ("win", "loss", "tie") for r in rows)
+
+
+def test_reference_diagnostics_match_full_logits_and_honour_the_head_slice(tiny_model_dir):
+    """Diagnostics go through the engine's chunked path; they equal CE / KL from the models' own full logits."""
+    import torch
+
+    from harness.data import Example
+    from harness.eval_runner import reference_diagnostics
+    from harness.generation import encode_prompts
+    from harness.modeling.batching import TokenSequence, collate
+    from harness.modeling.forward import full_logits_at_loss_positions
+
+    model, tok = load_tiny(tiny_model_dir, seed_offset=3)
+    teacher, _ = load_tiny(tiny_model_dir)
+    examples = [Example(id=str(i), fields={}, prompt=f"What is {i} plus {i}?", response=f"It is {2 * i}.")
+                for i in range(5)]
+    render = lambda ex: ex.prompt  # noqa: E731
+    seqs = [TokenSequence(tuple(encode_prompts(tok, [ex.prompt], 512)[0]),
+                          tuple(tok(ex.response, add_special_tokens=False)["input_ids"])) for ex in examples]
+
+    def expected(columns=None):
+        batch = collate(seqs, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        with torch.no_grad():
+            s = full_logits_at_loss_positions(model, batch)[:, :columns].log_softmax(-1).double()
+            t = full_logits_at_loss_positions(teacher, batch)[:, :columns].log_softmax(-1).double()
+        ce = -s.gather(1, batch.targets[:, None]).mean()
+        kl = (t.exp() * (t - s)).sum(-1).mean()
+        return float(ce), float(kl), batch.n_loss_tokens
+
+    got = reference_diagnostics(model, teacher, tok, examples, render, chunk_size=3)  # several chunks per batch
+    ce, kl, n = expected()
+    assert got["ref_tokens"] == n and got["teacher_kl"] > 0
+    assert abs(got["ref_ce"] - ce) < 1e-5 * ce and abs(got["teacher_kl"] - kl) < 1e-4 * kl + 1e-7
+    # A head slice (as `allow_head_slice` gives training) compares only those columns, renormalized.
+    cols = model.get_output_embeddings().weight.shape[0] - 7
+    got = reference_diagnostics(model, teacher, tok, examples, render, logit_columns=cols)
+    ce, kl, _ = expected(cols)
+    assert abs(got["ref_ce"] - ce) < 1e-5 * ce and abs(got["teacher_kl"] - kl) < 1e-4 * kl + 1e-7
+    assert reference_diagnostics(model, None, tok, examples, render).keys() == {"ref_ce", "ref_tokens"}
