@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output-dir", default="results/eval", help="where records are written (default: results/eval)")
     ev.add_argument("--data-dir", default=None, help="local data directory")
     ev.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    ev.add_argument("--json", action="store_true", help="print the aggregates as JSON instead of a summary")
 
     rp = sub.add_parser("report", help="rebuild leaderboards from raw results",
                         description="Rebuild leaderboards (Markdown, HTML, CSV, plots) from one or more results "
@@ -229,7 +230,20 @@ def cmd_eval(args) -> int:
     results = evaluate_cell(model, tok, task_cfgs, eval_cfg, Path(args.output_dir), data_dir=data_dir, teacher=teacher,
                             baseline_outputs=outputs, progress=not args.no_progress,
                             baseline_name=(base_spec.name or str(base_spec)) if base_spec is not None else None)
-    print(json.dumps(results, indent=2, default=str))
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+        return 0
+    from harness.data import get_task
+
+    for t in task_cfgs:
+        agg = results[t.name]
+        shown = [f"{m.name} {agg[m.name]:.4g}" for m in get_task(t.name).metrics if isinstance(agg.get(m.name), (int, float))]
+        print(f"{t.name}: {', '.join(shown) or 'no headline metric'} (n={agg.get('n', agg.get('n_problems'))}, "
+              f"protocol {agg['protocol']['protocol_hash']})")
+    diag = results.get("diagnostics")
+    if diag:
+        print("diagnostics: " + ", ".join(f"{k} {v:.4g}" for k, v in diag.items() if isinstance(v, (int, float))))
+    print(f"records: {Path(args.output_dir) / 'eval'}/<task>.jsonl, aggregates <task>.json")
     return 0
 
 

@@ -88,11 +88,11 @@ def test_suite_cross_checks(tmp_path):
 
 
 def test_cli_help_for_every_verb():
-    for verb in ("run", "train", "eval", "report", "objectives"):
+    for verb in ("run", "train", "eval", "report", "objectives", "tasks"):
         proc = subprocess.run([sys.executable, "-m", "harness.cli", verb, "--help"], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "usage:" in proc.stdout and len(proc.stdout) > 200, verb
     top = subprocess.run([sys.executable, "-m", "harness.cli", "--help"], capture_output=True, text=True, timeout=60)
-    for verb in ("run", "train", "eval", "report", "objectives"):
+    for verb in ("run", "train", "eval", "report", "objectives", "tasks"):
         assert verb in top.stdout
 
 

@@ -63,11 +63,15 @@ def test_eval_cli_on_a_local_checkpoint(tiny_model_dir, tmp_path, gsm_file, caps
     cfg = tmp_path / "eval.yaml"
     cfg.write_text("eval:\n  gsm8k: {max_new_tokens: 6}\n  diagnostics: false\n")
     rc = main(["eval", str(tiny_model_dir), "--tasks", "gsm8k", "--config", str(cfg), "--output-dir", str(tmp_path / "ev"),
-               "--no-progress", "--source", f"gsm8k=file:{gsm_file}"])
+               "--no-progress", "--source", f"gsm8k=file:{gsm_file}", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["gsm8k"]["n"] == 3
     assert (tmp_path / "ev" / "eval" / "gsm8k.jsonl").exists()
+    assert main(["eval", str(tiny_model_dir), "--tasks", "gsm8k", "--config", str(cfg), "--output-dir", str(tmp_path / "ev"),
+                 "--no-progress", "--source", f"gsm8k=file:{gsm_file}"]) == 0
+    summary = capsys.readouterr().out
+    assert summary.startswith("gsm8k: accuracy ") and "(n=3, protocol " in summary and "records: " in summary
     assert main(["eval", str(tiny_model_dir), "--tasks", "gsm9k"]) == 2
 
 
@@ -84,7 +88,7 @@ def test_gsm8k_both_protocols_are_reported(tiny_model_dir, tmp_path):
     res = evaluate_model(model, tok, [TaskConfig(name="gsm8k", eval_source=f"file:{gsm / 'test.jsonl'}", eval_limit=2)], cfg,
                          tmp_path / "out", data_dir=tmp_path / "data", progress=False)
     g = res["gsm8k"]
-    assert g["protocol"]["name"] == "paper" and g["n"] == 2
+    assert g["protocol"]["name"] == "paper" and g["protocol"]["protocols"] == ["paper", "lm_eval"] and g["n"] == 2
     assert set(g["lm_eval"]) >= {"strict-match", "flexible-extract", "n", "num_fewshot"}
     assert g["lm_eval"]["n"] == 2 and g["lm_eval"]["num_fewshot"] == 1
 
@@ -98,7 +102,7 @@ def test_eval_cli_dialogsum_against_a_baseline_model_records_it(tiny_model_dir_f
     cfg.write_text("eval:\n  dialogsum: {max_new_tokens: 6}\n  diagnostics: false\n")
     rc = main(["eval", str(student), "--tasks", "dialogsum", "--config", str(cfg), "--limit", "3", "--no-progress",
                "--source", "dialogsum=synthetic_dialogues", "--baseline-model", str(baseline),
-               "--output-dir", str(tmp_path / "ev")])
+               "--output-dir", str(tmp_path / "ev"), "--json"])
     assert rc == 0
     d = json.loads(capsys.readouterr().out)["dialogsum"]
     assert d["n_judged"] == 3 and d["wins"] + d["losses"] + d["ties"] == 3
