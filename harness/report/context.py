@@ -112,7 +112,11 @@ def protocol_summary(results: Results) -> list[tuple[str, str]]:
         cell = next((c for c in results.cells if c.task == task), None)
         agg = cell.eval_aggregate(task) if cell else None
         if isinstance(agg, dict) and agg.get("protocol") is not None:
-            lines.append((f"Eval protocol ({task})", _short(agg["protocol"])))
+            proto = agg["protocol"]
+            if isinstance(proto, dict) and isinstance(proto.get("definition"), dict):
+                # The full task definition is in the results; its hash identifies it here.
+                proto = {k: v for k, v in proto.items() if k != "definition"}
+            lines.append((f"Eval protocol ({task})", _short(proto)))
     planned = len(results.plan) or (len(results.cells) + len(results.missing))
     lines.append(("Cells", f"{len(results.cells)} done of {planned} planned"))
     return lines
