@@ -214,9 +214,9 @@ def cmd_eval(args) -> int:
     base_spec = validate(ModelSpec, {"name": args.baseline_model}, "--baseline-model") if args.baseline_model else teacher_spec
     needing = [t for t in task_cfgs if baseline_source(t.name, eval_cfg) not in (None, "references")]
     if needing and base_spec is None:
-        raise ConfigError(f"{needing[0].name} compares against a baseline model's outputs: pass --baseline-model MODEL "
-                          "or a `teacher:` in --config" + (", or set eval.dialogsum.baseline=references"
-                                                          if needing[0].name == "dialogsum" else ""))
+        raise ConfigError(f"task {needing[0].name} compares against a baseline model's outputs: pass --baseline-model MODEL "
+                          "or a `teacher:` in --config, or (where the task allows it) compare with the references, "
+                          "e.g. eval.dialogsum.baseline=references")
     device = pick_device()
     model, tok = load_model(spec, dtype=torch.float32, device=str(device))
     teacher = load_model(teacher_spec, dtype=torch.float32, device=str(device))[0] if teacher_spec is not None else None
