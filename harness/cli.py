@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--leaderboards-dir", default="leaderboards", help="where leaderboards are written (default: leaderboards/)")
     run.add_argument("--data-dir", default=None, help="local data directory (default: $DISTILL_BENCH_DATA_DIR or ../shared/data)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local: cells one after another in this process (default); ray: every cell a Ray task "
+                          "with the suite's `ray:` resources, retried when its worker is lost (pip install -e \".[ray]\")")
+    run.add_argument("--address", default=None, metavar="auto|ray://HOST:10001",
+                     help="with --executor ray: the cluster to use (`auto`: the one started by `ray start` on this "
+                          "machine; `ray://...`: Ray Client); default: $RAY_ADDRESS, else a new local cluster")
 
     tr = sub.add_parser("train", help="train one objective on one task",
                         description="Train one student with one objective on one task from a run YAML "
