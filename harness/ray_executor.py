@@ -30,9 +30,13 @@ from harness.io import atomic_write_bytes, atomic_write_json, atomic_write_text,
 INSTALL_HINT = 'pip install -e ".[ray]"  (or: pip install "ray>=2.9")'
 
 
+def ray_installed() -> bool:
+    return importlib.util.find_spec("ray") is not None
+
+
 def check_ray_available() -> None:
     """Refuse `--executor ray` before any work when Ray is not installed."""
-    if importlib.util.find_spec("ray") is None:
+    if not ray_installed():
         raise ConfigError(f"--executor ray needs Ray, which is not installed: {INSTALL_HINT}")
 
 
@@ -176,7 +180,7 @@ def commit_result(runner, cell, result: dict[str, Any]) -> None:
     for rel, data in sorted((result.get("files") or {}).items()):
         target = (cdir / rel).resolve()
         if cdir.resolve() not in target.parents or rel == "cell.json":
-            raise ValueError(f"cell {cell.cell_id} returned a file outside its directory: {rel!r}")
+            raise ValueError(f"cell {cell.cell_id} returned a file outside its directory, or its cell.json: {rel!r}")
         atomic_write_bytes(target, data)
     runner.commit_cell(cell, result["record"])
 
