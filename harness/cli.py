@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from harness.errors import DistillBenchError
+from harness.errors import ConfigError, DistillBenchError
 
 EPILOG = "Docs: README.md. Objectives are plugins: see `distill-bench objectives` and objectives/README.md."
 
@@ -162,7 +162,19 @@ def cmd_eval(args) -> int:
 def cmd_run(args) -> int:
     from harness.suite import run_suite_cli
 
-    return run_suite_cli(args)
+    if args.address is not None and args.executor != "ray":
+        raise ConfigError(f"--address {args.address!r} only applies to --executor ray; add --executor ray or drop --address")
+    if args.executor != "ray":
+        return run_suite_cli(args)
+    from harness.ray_executor import check_ray_available, run_on_ray
+
+    check_ray_available()  # before the suite is even read
+
+    def on_ray(runner, cells) -> dict[str, str]:
+        return run_on_ray(runner, cells, address=args.address, plugins=list(args.plugin),
+                          progress=not args.no_progress)["failed"]
+
+    return run_suite_cli(args, execute=on_ray)
 
 
 def cmd_report(args) -> int:

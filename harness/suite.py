@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -417,16 +417,10 @@ def stability_summary(telemetry_path: Path) -> dict[str, Any]:
             "nonfinite_steps": sum(1 for r in rows if r.get("nonfinite")), "steps": len(rows)}
 
 
-def run_suite_cli(args) -> int:
-    """`distill-bench run [SUITE] [overrides] [--dry-run] [--shard i/n] [--executor local|ray]`."""
-    executor = getattr(args, "executor", "local")
-    address = getattr(args, "address", None)
-    if address is not None and executor != "ray":
-        raise ConfigError(f"--address {address!r} only applies to --executor ray; add --executor ray or drop --address")
-    if executor == "ray":
-        from harness.ray_executor import check_ray_available
-
-        check_ray_available()
+def run_suite_cli(args, execute: Callable[["SuiteRunner", list[Cell]], dict[str, str]] | None = None) -> int:
+    """`distill-bench run [SUITE] [overrides] [--dry-run] [--shard i/n]`. `execute(runner, cells)`
+    runs the cells elsewhere (the Ray executor) and returns {cell_id: error} of failed ones;
+    default: `runner.run(cells)` here."""
     path = resolve_suite_path(args.suite)
     cfg = load_suite_config(path, args.overrides)
     all_cells = plan_cells(cfg)
@@ -438,11 +432,8 @@ def run_suite_cli(args) -> int:
     runner = SuiteRunner(cfg, Path(args.results_dir), data_dir=args.data_dir, progress=not args.no_progress)
     runner.write_snapshot(cells)
     failed: dict[str, str] = {}
-    if executor == "ray":
-        from harness.ray_executor import run_on_ray
-
-        failed = run_on_ray(runner, cells, address=address, plugins=list(getattr(args, "plugin", []) or []),
-                            progress=not args.no_progress)["failed"]
+    if execute is not None:
+        failed = execute(runner, cells)
     else:
         runner.run(cells)
     from harness.report import build_report
