@@ -132,7 +132,7 @@ def run_on_ray(runner, cells: list, *, address: str | None = None, plugins: list
             while by_ref:
                 waiting = list(by_ref) + ([summaries_ref] if summaries_pending else [])
                 ready, _ = ray.wait(waiting, num_returns=1)
-                if ready[0] is summaries_ref and summaries_pending:
+                if summaries_pending and ready[0] == summaries_ref:
                     # Kept beside the results like the local executor's; a failure reaches the
                     # DialogSum cells, which depend on this object, as their own error.
                     summaries_pending = False
