@@ -376,15 +376,23 @@ def stability_summary(telemetry_path: Path) -> dict[str, Any]:
 
 def run_suite_cli(args) -> int:
     """`distill-bench run [SUITE] [overrides] [--dry-run] [--shard i/n]`."""
+    from harness.paths import data_dir as resolve_data_dir
+    from harness.preflight import require_ready
+
     path = resolve_suite_path(args.suite)
     cfg = load_suite_config(path, args.overrides)
     all_cells = plan_cells(cfg)
     cells = shard_cells(all_cells, args.shard)
-    if args.dry_run:
-        print_plan(cfg, cells, len(all_cells))
-        return 0
     t0 = time.perf_counter()
     runner = SuiteRunner(cfg, Path(args.results_dir), data_dir=args.data_dir, progress=not args.no_progress)
+    if args.dry_run:
+        print_plan(cfg, cells, len(all_cells))
+    # Before any model is loaded: every missing prerequisite at once (exit 2), not one per failed cell hours in.
+    require_ready(cfg, cells, data_dir=resolve_data_dir(runner.data_dir), results_dir=runner.results_dir,
+                  done=runner.is_done)
+    if args.dry_run:
+        print("preflight: every prerequisite is in place")
+        return 0
     runner.write_snapshot(cells)
     runner.run(cells)
     from harness.report import build_report
