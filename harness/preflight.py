@@ -221,6 +221,9 @@ def model_problem(spec: ModelSpec, where: str) -> Missing | None:
 def model_specs(cfg: SuiteConfig) -> list[tuple[str, ModelSpec]]:
     """Every model the plan resolves, with its config path (more join as suites name more models)."""
     specs = [("teacher.name", cfg.teacher), ("student.name", cfg.student)]
+    specs += [(f"tasks.{i}.teacher.name", t.teacher) for i, t in enumerate(cfg.tasks) if t.teacher is not None]
+    if cfg.eval.dialogsum.baseline_model is not None:
+        specs.append(("eval.dialogsum.baseline_model.name", cfg.eval.dialogsum.baseline_model))
     judge = cfg.eval.dialogsum.judge
     if judge.kind == "hf_model" and judge.model is not None:
         specs.append(("eval.dialogsum.judge.model", judge.model))
@@ -332,13 +335,23 @@ def memory_estimate(cfg: SuiteConfig, accelerator: bool) -> dict[str, Any] | Non
     """Lower bound on one process's memory: the teacher's weights (bf16 on an accelerator, fp32 on CPU,
     as the runner loads it) plus the student trained in fp32 with AdamW (weights, grads, two moments:
     16 bytes/parameter; LoRA: weights only). Activations come on top."""
-    n_t = estimate_params(cfg.teacher)
+    teachers = [cfg.teacher] + [t.teacher for t in cfg.tasks if t.teacher is not None]
+    sizes = [estimate_params(t) for t in teachers]
     n_s = estimate_params(cfg.student, cfg.teacher)
-    if n_t is None or n_s is None:
+    if any(n is None for n in sizes) or n_s is None:
         return None
+    n_t = max(sizes)
     teacher_b = n_t * (2 if accelerator else 4)
     student_b = n_s * (4 if cfg.student.lora is not None else 16)
-    return {"teacher_params": n_t, "student_params": n_s, "bytes": teacher_b + student_b}
+    need = teacher_b + student_b
+    est = {"teacher_params": n_t, "student_params": n_s, "bytes": need, "what": "teacher + student training"}
+    if cfg.teacher_prep is not None:
+        # Preparing the teacher trains it like a student: fp32 weights, plus grads and AdamW moments
+        # unless LoRA (adapters only). Full fine-tuning of a 7B model needs sharding (FSDP) or LoRA.
+        prep_b = n_t * (4 if cfg.teacher_prep.lora is not None else 16)
+        if prep_b > need:
+            est.update(bytes=prep_b, what=f"teacher preparation ({'LoRA' if cfg.teacher_prep.lora else 'full'} sft)")
+    return est
 
 
 def _host_memory() -> int | None:
@@ -369,15 +382,16 @@ def device_problems(cfg: SuiteConfig, cells, *, devices: list[int] | None = None
     if devices:
         best = max(devices)
         if need > best:
-            return [Missing("device", f"the plan needs at least {need / GIB:.1f} GiB on one device ({sizes}: teacher "
-                            f"bf16 + student fp32 with AdamW), the largest of {len(devices)} CUDA device(s) has "
-                            f"{best / GIB:.1f} GiB",
-                            "use a larger GPU, or train the student with LoRA (student.lora: {r: 16, alpha: 32})")]
+            return [Missing("device", f"the plan needs at least {need / GIB:.1f} GiB on one device for "
+                            f"{est['what']} ({sizes}; weights, grads and AdamW state), the largest of {len(devices)} "
+                            f"CUDA device(s) has {best / GIB:.1f} GiB",
+                            "use a larger GPU, or LoRA (student.lora / teacher_prep.lora: {r: 16, alpha: 32})")]
         return []
     host = host_bytes if host_bytes is not None else _host_memory()
     if host is not None and need > host:
         return [Missing("device", f"no CUDA device: on CPU the plan needs at least {need / GIB:.1f} GiB of memory "
-                        f"({sizes}: teacher fp32 + student fp32 with AdamW), this machine has {host / GIB:.1f} GiB",
+                        f"for {est['what']} ({sizes}; fp32 weights, grads and AdamW state), this machine has "
+                        f"{host / GIB:.1f} GiB",
                         f"run on a GPU with at least {est['teacher_params'] * 2 / GIB + est['student_params'] * 16 / GIB:.0f} "
                         "GiB (see README: paper suite), or a smaller teacher/student")]
     return []

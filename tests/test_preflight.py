@@ -181,7 +181,7 @@ def test_disk_and_device_estimates():
     (d,) = device_problems(cfg, cells, devices=[16 * GIB, 16 * GIB])
     assert "largest of 2 CUDA device(s) has 16.0 GiB" in d.problem and "LoRA" in d.fix
     (h,) = device_problems(cfg, cells, devices=[], host_bytes=24 * GIB)
-    assert "no CUDA device" in h.problem and "teacher fp32" in h.problem
+    assert "no CUDA device" in h.problem and "fp32 weights" in h.problem
 
 
 class _FakeJudge:
