@@ -156,9 +156,23 @@ class TrainConfig(StrictModel):
     max_nonfinite_in_row: int = Field(5, ge=1)
     cache_teacher_generations: bool = True
     gradient_checkpointing: bool = False
+    log_with: list[str] = Field(
+        default_factory=list, description="also send telemetry to Accelerate's trackers: tensorboard, wandb, mlflow, ... "
+                                          "(telemetry.jsonl is written either way)")
     budget: "TrainBudget | None" = Field(
         None, description="stop every objective when this cost counter reaches the same limit (default: equal "
                           "optimizer steps, hence equal prompts seen, from epochs/max_steps)")
+
+    @field_validator("log_with")
+    @classmethod
+    def _known_trackers(cls, v: list[str]) -> list[str]:
+        if v:
+            from harness.training.trackers import known_trackers
+
+            unknown = [n for n in v if n not in known_trackers()]
+            if unknown:
+                raise ValueError(f"unknown tracker(s) {unknown}; Accelerate knows {known_trackers()}")
+        return v
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "TrainConfig":

@@ -383,6 +383,7 @@ def snapshot_conflicts(previous: dict[str, Any], current: dict[str, Any]) -> lis
     Every shared setting (models, training, evaluation, data) must be equal; a task or objective
     present in both must be configured identically, as must per-task parameters they share.
     """
+    previous, current = _without_new_empty_keys(previous, current)
     problems = []
     for key in sorted(set(previous) | set(current)):
         if key in _MATRIX_FIELDS or key in _COSMETIC_FIELDS:
@@ -407,6 +408,20 @@ def snapshot_conflicts(previous: dict[str, Any], current: dict[str, Any]) -> lis
         if old_sw[label].get("param") != new_sw[label].get("param"):
             problems.append(f"sweep of `{label}` now varies another parameter")
     return problems
+
+
+def _without_new_empty_keys(previous: Any, current: Any) -> tuple[Any, Any]:
+    """Drop settings the older snapshot lacks when the current value is empty (None or []): an option
+    added since those results were written, left at its "off" default, changes none of them."""
+    if isinstance(previous, dict) and isinstance(current, dict):
+        cur = {k: v for k, v in current.items() if k in previous or v not in (None, [])}
+        pairs = {k: _without_new_empty_keys(previous.get(k), v) for k, v in cur.items()}
+        return ({**previous, **{k: a for k, (a, _) in pairs.items() if k in previous}},
+                {k: b for k, (_, b) in pairs.items()})
+    if isinstance(previous, list) and isinstance(current, list) and len(previous) == len(current):
+        pairs = [_without_new_empty_keys(a, b) for a, b in zip(previous, current)]
+        return [a for a, _ in pairs], [b for _, b in pairs]
+    return previous, current
 
 
 def stability_summary(telemetry_path: Path) -> dict[str, Any]:

@@ -102,3 +102,25 @@ def test_paper_suite_end_to_end_offline(tiny_model_dir_factory, shared_data_dir,
     board = (tmp_path / "boards" / "paper.md").read_text()
     for row in ("Veto", "On-policy KD", "Student SFT"):
         assert row in board
+
+
+def test_results_of_an_older_snapshot_stay_comparable():
+    """Options added since (per-task teacher, teacher_prep, baseline_model, log_with) at their empty
+    defaults do not make an existing results directory look incompatible; setting one does."""
+    import copy
+
+    from harness.config import load_suite_config
+    from harness.suite import resolve_suite_path, snapshot_conflicts
+
+    current = load_suite_config(resolve_suite_path("smoke")).model_dump(mode="json")
+    older = copy.deepcopy(current)
+    older.pop("teacher_prep")
+    for t in older["tasks"]:
+        t.pop("teacher")
+    older["eval"]["dialogsum"].pop("baseline_model")
+    older["train"].pop("log_with")
+    assert snapshot_conflicts(older, current) == []
+    changed = copy.deepcopy(current)
+    changed["tasks"][0]["teacher"] = {"name": "another/teacher"}
+    changed["teacher_prep"] = {"objective": "sft"}
+    assert snapshot_conflicts(older, changed) == ["`teacher_prep` changed", "tasks entry `gsm8k` changed"]
