@@ -315,20 +315,48 @@ def disk_problems(cfg: SuiteConfig, cells, results_dir: Path, *, done: Callable[
     resume checkpoint at a time (weights + two AdamW moments, 12 bytes/parameter), removed when its
     cell finishes.
     """
+    free_of = free_bytes or (lambda p: shutil.disk_usage(p).free)
+    out: list[Missing] = []
     todo = [c for c in cells if c.kind == "trained" and not done(c)]
     n_student = estimate_params(cfg.student, cfg.teacher)
-    if not todo or n_student is None:
+    if todo and n_student is not None:
+        need = (len(todo) * 4 * n_student if cfg.keep_models else 0) + 12 * n_student
+        where = _existing_ancestor(results_dir)
+        free = free_of(where)
+        if free < need:
+            out.append(Missing(
+                "disk", f"{len(todo)} trained cells of a ~{n_student / 1e9:.2f}B-parameter student need about "
+                f"{need / GIB:.1f} GiB under {where} (kept models {'on' if cfg.keep_models else 'off'}), "
+                f"{free / GIB:.1f} GiB are free",
+                "free space there, pass --results-dir on a larger disk, or set keep_models=false "
+                "(drops each trained student's checkpoint after its evaluation)"))
+    out += _teacher_prep_disk(cfg, cells, free_of)
+    return out
+
+
+def _teacher_prep_disk(cfg: SuiteConfig, cells, free_of: Callable[[Path], int]) -> list[Missing]:
+    """Prepared teachers: per task a merged fp32 checkpoint (4 bytes/parameter) plus its resume
+    checkpoint (weights and AdamW moments: 12 bytes/parameter full, ~4 with LoRA), in the cache dir.
+    A task counts as prepared when the cache holds any finished preparation for it (the exact
+    content key needs the training data, which preflight does not read)."""
+    if cfg.teacher_prep is None:
         return []
-    need = (len(todo) * 4 * n_student if cfg.keep_models else 0) + 12 * n_student
-    where = _existing_ancestor(results_dir)
-    free = (free_bytes or (lambda p: shutil.disk_usage(p).free))(where)
-    if free >= need:
+    from harness.teachers import PREPARED_DIRNAME, base_teacher
+
+    root = Path(os.environ.get(paths.CACHE_DIR_ENV) or Path.home() / ".cache" / "distill-bench") / PREPARED_DIRNAME
+    planned = {c.task for c in cells}
+    need = 0
+    for t in cfg.tasks:
+        n = estimate_params(base_teacher(cfg, t))
+        if t.name in planned and n is not None and not any(root.glob(f"{t.name}-*/provenance.json")):
+            need += n * (4 + (4 if cfg.teacher_prep.lora is not None else 12))
+    where = _existing_ancestor(root)
+    free = free_of(where)
+    if need == 0 or free >= need:
         return []
-    return [Missing("disk", f"{len(todo)} trained cells of a ~{n_student / 1e9:.2f}B-parameter student need about "
-                    f"{need / GIB:.1f} GiB under {where} (kept models {'on' if cfg.keep_models else 'off'}), "
-                    f"{free / GIB:.1f} GiB are free",
-                    "free space there, pass --results-dir on a larger disk, or set keep_models=false "
-                    "(drops each trained student's checkpoint after its evaluation)")]
+    return [Missing("disk", f"preparing the tasks' teachers needs about {need / GIB:.1f} GiB under {where} "
+                    f"(${paths.CACHE_DIR_ENV}), {free / GIB:.1f} GiB are free",
+                    f"free space there or point ${paths.CACHE_DIR_ENV} at a larger disk")]
 
 
 def memory_estimate(cfg: SuiteConfig, accelerator: bool) -> dict[str, Any] | None:

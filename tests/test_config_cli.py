@@ -118,7 +118,7 @@ def test_paper_dry_run_prints_plan_offline(capsys, monkeypatch, tmp_path):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     assert main(["run", "paper", "--dry-run"]) == 2
     captured = capsys.readouterr()
-    assert "gsm8k__Veto__s2" in captured.out and "total" in captured.out
+    assert "gsm8k__T=Qwen2-7B-Instruct+sft-lora__Veto__s2" in captured.out and "total" in captured.out
     assert "prerequisite(s) missing" in captured.err
 
 

@@ -78,7 +78,7 @@ def test_paper_dry_run_offline_lists_every_missing_prerequisite_fast_without_loa
     assert "$OPENAI_API_KEY, which is not set" in err and "`export OPENAI_API_KEY=...`" in err
     assert "[device]" in err or "[disk]" in err or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") > 40 * GIB
     # The plan is still printed, so the user sees what would run.
-    assert "gsm8k__Veto__s2" in proc.stdout
+    assert "gsm8k__T=Qwen2-7B-Instruct+sft-lora__Veto__s2" in proc.stdout
 
 
 def _tiny_suite(tmp_path: Path, model_dir: Path, **changes) -> Path:
@@ -165,7 +165,7 @@ def _paper_cfg(**changes) -> SuiteConfig:
 
 
 def test_disk_and_device_estimates():
-    cfg = _paper_cfg()
+    cfg = _paper_cfg(teacher_prep=None)
     cells = plan_cells(cfg)
     n_trained = sum(c.kind == "trained" for c in cells)
     # 0.5B student: 4 bytes/param per kept model + one 12 bytes/param resume checkpoint.
@@ -176,6 +176,13 @@ def test_disk_and_device_estimates():
     finished = {c.cell_id for c in cells[: len(cells) // 2]}
     assert disk_problems(cfg, cells, Path("/"), done=lambda c: c.cell_id in finished,
                          free_bytes=lambda p: int(need) - 1) == []
+    # Teacher preparation (the shipped LoRA sft): per task a merged fp32 7B (28 GB) + its checkpoint, in the cache.
+    prep = _paper_cfg()
+    prep_need = 3 * 7e9 * 8
+    assert disk_problems(prep, plan_cells(prep), Path("/"), free_bytes=lambda p: int(prep_need)) == []
+    assert [m.problem.split(" need")[0] for m in disk_problems(prep, plan_cells(prep), Path("/"),
+                                                                free_bytes=lambda p: int(need) - 1)] == \
+        [f"{n_trained} trained cells of a ~0.50B-parameter student", "preparing the tasks' teachers"]
     # 7B teacher in bf16 (14 GB) + 0.5B student with AdamW (8 GB): fits an 80 GB GPU, not a 16 GB one.
     assert device_problems(cfg, cells, devices=[80 * GIB]) == []
     (d,) = device_problems(cfg, cells, devices=[16 * GIB, 16 * GIB])
