@@ -286,7 +286,8 @@ class SuiteRunner:
             if cell.objective == "teacher":
                 model, tok = teacher, teacher_tok
             else:
-                model, tok = load_model(self.cfg.student, teacher=tt.base, dtype=torch.float32, device=str(pick_device()))
+                # A student derived by pruning comes from the same teacher checkpoint as in training.
+                model, tok = load_model(self.cfg.student, teacher=tt.spec, dtype=torch.float32, device=str(pick_device()))
         else:
             run_cfg = RunConfig(teacher=tt.spec, student=self.cfg.student,
                                 task=task_cfg.model_copy(update={"teacher": None}),
@@ -363,7 +364,7 @@ class SuiteRunner:
         elif self.cfg.eval.dialogsum.baseline == "model":
             model, tok = load_model(self.cfg.eval.dialogsum.baseline_model, dtype=torch.float32, device=str(pick_device()))
         else:
-            model, tok = load_model(self.cfg.student, teacher=self.task_teacher("dialogsum").base, dtype=torch.float32,
+            model, tok = load_model(self.cfg.student, teacher=self.task_teacher("dialogsum").spec, dtype=torch.float32,
                                     device=str(pick_device()))
         summaries = generate_dialogsum_summaries(model, tok, task_cfg, self.cfg.eval, resolve_data_dir(self.data_dir),
                                                  progress=self.progress)
