@@ -428,15 +428,19 @@ def device_problems(cfg: SuiteConfig, cells, *, devices: list[int] | None = None
 # ----------------------------------------------------------------------------- all together
 
 def check_suite(cfg: SuiteConfig, cells, *, data_dir: Path | None, results_dir: Path,
-                done: Callable[[Any], bool] = lambda c: False, judge_probe: Callable[[Any], None] | None = None
-                ) -> list[Missing]:
-    """Every missing prerequisite of `cells`, in the order data, models, judge, disk, devices."""
+                done: Callable[[Any], bool] = lambda c: False, judge_probe: Callable[[Any], None] | None = None,
+                check_devices: bool = True) -> list[Missing]:
+    """Every missing prerequisite of `cells`, in the order data, models, judge, disk, devices.
+
+    `check_devices=False` when the cells run elsewhere (the Ray executor checks its cluster's resources)."""
     return (data_problems(cfg, cells, data_dir) + model_problems(cfg) + judge_problems(cfg, cells, probe=judge_probe)
-            + disk_problems(cfg, cells, results_dir, done=done) + device_problems(cfg, cells))
+            + disk_problems(cfg, cells, results_dir, done=done)
+            + (device_problems(cfg, cells) if check_devices else []))
 
 
 def require_ready(cfg: SuiteConfig, cells, *, data_dir: Path | None, results_dir: Path,
-                  done: Callable[[Any], bool] = lambda c: False) -> None:
-    missing = check_suite(cfg, cells, data_dir=data_dir, results_dir=results_dir, done=done)
+                  done: Callable[[Any], bool] = lambda c: False, check_devices: bool = True) -> None:
+    missing = check_suite(cfg, cells, data_dir=data_dir, results_dir=results_dir, done=done,
+                          check_devices=check_devices)
     if missing:
         raise PreflightError(format_missing(missing, cfg.name))

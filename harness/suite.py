@@ -495,8 +495,9 @@ def run_suite_cli(args, execute: Callable[["SuiteRunner", list[Cell]], dict[str,
     if args.dry_run:
         print_plan(cfg, cells, len(all_cells))
     # Before any model is loaded: every missing prerequisite at once (exit 2), not one per failed cell hours in.
+    # Under another executor the cells run on its nodes, whose devices this machine cannot see.
     require_ready(cfg, cells, data_dir=resolve_data_dir(runner.data_dir), results_dir=runner.results_dir,
-                  done=runner.is_done)
+                  done=runner.is_done, check_devices=execute is None)
     if args.dry_run:
         print("preflight: every prerequisite is in place")
         return 0

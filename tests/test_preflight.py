@@ -244,3 +244,18 @@ def test_remote_judge_without_key_is_reported_without_a_request(monkeypatch):
     calls = []
     (m,) = judge_problems(cfg, plan_cells(cfg), probe=calls.append)
     assert calls == [] and "$OPENAI_API_KEY" in m.problem
+
+
+def test_devices_are_not_judged_from_the_driver_when_cells_run_elsewhere(monkeypatch, tmp_path):
+    """Under the Ray executor the cells run on the cluster's nodes: this machine's devices say nothing."""
+    import harness.preflight as preflight
+
+    cfg = _paper_cfg()
+
+    def no_call(*a, **k):
+        raise AssertionError("device check called")
+
+    monkeypatch.setattr(preflight, "device_problems", no_call)
+    problems = check_suite(cfg, plan_cells(cfg), data_dir=None, results_dir=tmp_path, check_devices=False,
+                           judge_probe=lambda j: None)
+    assert problems and not any(m.kind == "device" for m in problems)
