@@ -52,11 +52,12 @@ def test_train_step_quick(tmp_path):
     from bench import train_step
 
     out = tmp_path / "train_step.json"
-    assert train_step.main([*COMMON, "--objectives", "onpolicy_fkl", "--steps", "2", "--out", str(out)]) == 0
+    assert train_step.main([*COMMON, "--objectives", "onpolicy_fkl", "--steps", "2", "--peers", "trl", "trl_distill",
+                            "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     (s,) = data["summary"]
-    assert s["ours_tokens_per_s"] > 0 and s["trl_tokens_per_s"] > 0
-    assert {r["framework"] for r in data["rows"]} == {"ours", "trl"}
+    assert s["ours_tokens_per_s"] > 0 and s["trl_tokens_per_s"] > 0 and s["distill_tokens_per_s"] > 0
+    assert {r["framework"] for r in data["rows"]} == {"ours", "trl", "trl_distill"}
 
 
 def test_rollouts_quick(tmp_path):
