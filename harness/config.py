@@ -127,6 +127,26 @@ class ObjectiveConfig(StrictModel):
         return self.label or self.name
 
 
+class VLLMEngineConfig(StrictModel):
+    """The colocated vLLM engine's share of the GPU (used only when a backend is `vllm`)."""
+
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, lt=1, description="fraction of the GPU's memory vLLM reserves (weights + KV cache); training "
+                                     "shares the GPU, so leave it room")
+    sleep: bool = Field(False, description="offload the engine's weights to CPU and free its KV cache between "
+                                           "generation phases (more memory for training, slower phase switches)")
+    max_model_len: int | None = Field(None, ge=16, description="longest prompt + completion (default: the model's)")
+
+
+def _check_vllm_backend(field_path: str) -> None:
+    """Refuse `vllm` at config time (not mid-run) when this process cannot run it."""
+    from harness.vllm_backend import INSTALL_HINT, vllm_unavailable_reason
+
+    reason = vllm_unavailable_reason()
+    if reason is not None:
+        raise ValueError(f"{field_path}: vllm needs vLLM and a CUDA GPU: {reason}; {INSTALL_HINT}")
+
+
 class TrainConfig(StrictModel):
     """The standardized training stage's settings; identical for every objective in a suite."""
 
@@ -149,6 +169,10 @@ class TrainConfig(StrictModel):
         "same", description="`same`: the student samples its on-policy rollouts with its training weights (exact); "
                             "`bf16`: a bf16 copy, refreshed before every on-policy step, samples them (half the "
                             "weight bytes per decoded token; samples come from the bf16-rounded policy)")
+    rollout_backend: Literal["hf", "vllm"] = Field(
+        "hf", description="who samples on-policy rollouts: `hf` (model.generate) or `vllm` (a colocated engine "
+                          "fed the student's weights before every on-policy step; CUDA only)")
+    vllm: VLLMEngineConfig = VLLMEngineConfig()
     loss_chunk_size: int | None = Field(
         128, ge=1, description="loss positions per LM-head chunk (peak memory ~ chunk x vocab); null = dense logits")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -176,6 +200,11 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "TrainConfig":
+        if self.rollout_backend == "vllm":
+            if self.rollout_precision != "same":
+                raise ValueError("rollout_precision: the vllm rollout backend already samples in bf16; "
+                                 "leave rollout_precision at `same` (the bf16 copy is for the hf backend)")
+            _check_vllm_backend("rollout_backend")
         if self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size}); "
@@ -268,11 +297,20 @@ class EvalConfig(StrictModel):
     """Evaluation settings shared by every student in a suite."""
 
     batch_size: int = Field(8, ge=1)
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="generation for evaluation: `hf` (model.generate) or `vllm` (CUDA only)")
+    vllm: VLLMEngineConfig = VLLMEngineConfig()
     gsm8k: GSM8KConfig = GSM8KConfig()
     humaneval: HumanEvalConfig = HumanEvalConfig()
     dialogsum: DialogSumConfig = DialogSumConfig()
     diagnostics: bool = True
     diagnostics_limit: int = Field(32, ge=1, description="held-out prompts for teacher-KL / reference CE")
+
+    @model_validator(mode="after")
+    def _backend_usable(self) -> "EvalConfig":
+        if self.backend == "vllm":
+            _check_vllm_backend("backend")
+        return self
 
 
 class RunConfig(StrictModel):

@@ -169,7 +169,8 @@ def run_evaluation_cli(args) -> None:
         del base_model
     results = evaluate_model(model, tok, task_cfgs, eval_cfg, Path(args.output_dir), data_dir=data_dir,
                              teacher=teacher, baseline_outputs=baseline_outputs, progress=not args.no_progress,
-                             baseline_name=(base_spec.name or str(base_spec)) if base_spec is not None else None)
+                             baseline_name=(base_spec.name or str(base_spec)) if base_spec is not None else None,
+                             weights_from_checkpoint=True)
     import json
 
     print(json.dumps(results, indent=2, default=str))

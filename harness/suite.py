@@ -334,7 +334,8 @@ class SuiteRunner:
             baseline_outputs = self.baseline_outputs(cell.task)
         metrics = evaluate_model(model, tok, [eval_task], self.cfg.eval, cdir, data_dir=data_dir, teacher=teacher,
                                  baseline_outputs=baseline_outputs, progress=self.progress, seed=cell.seed,
-                                 baseline_name=self._baseline_name(cell.task))
+                                 baseline_name=self._baseline_name(cell.task),
+                                 weights_from_checkpoint=cell.kind == "baseline")
         eval_wall = time.perf_counter() - t_eval
         telemetry = cdir / "train" / "telemetry.jsonl"
         record = {
