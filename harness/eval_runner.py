@@ -27,17 +27,20 @@ from harness.tasks.contract import ScoreContext, generation_params, load_scorer,
 def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfig, out_dir: Path, *,
                    data_dir: Path | None, teacher=None, baseline_outputs: dict[str, dict[str, str]] | None = None,
                    progress: bool = True, seed: int = 0, baseline_name: str | None = None,
-                   logit_columns: int | None = None) -> dict[str, Any]:
+                   logit_columns: int | None = None, weights_from_checkpoint: bool = False) -> dict[str, Any]:
     """Evaluate `model` on `tasks`; returns {task: aggregate, "diagnostics": {...}}.
 
     `baseline_outputs[task][example_id]` are a baseline model's outputs for tasks that declare
     `needs.baseline_outputs` (the pipeline generates them once per results dir); `baseline_name`
     (which model wrote them) is recorded in the protocol. `logit_columns` is the pair's head slice
     (see `harness.pipeline.LoadedPair`), applied to the diagnostics exactly as in training.
+    `weights_from_checkpoint`: the model's weights are those of the checkpoint it was loaded from
+    (a teacher or untrained baseline), so a vLLM engine built from that checkpoint needs no weight sync.
     """
     out_dir = Path(out_dir)
     eval_dir = out_dir / "eval"
-    backend = HFGenerationBackend(model, tokenizer, batch_size=cfg.batch_size, progress=progress)
+    backend = generation_backend(model, tokenizer, cfg, progress=progress, weights_from_checkpoint=weights_from_checkpoint,
+                                 seed=seed)
     results: dict[str, Any] = {}
     diag_rows: dict[str, dict[str, float]] = {}
     for tcfg in tasks:
@@ -78,15 +81,29 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
     return results
 
 
+def generation_backend(model, tokenizer, cfg: EvalConfig, *, progress: bool, weights_from_checkpoint: bool,
+                       seed: int = 0, desc: str = "generate"):
+    """The evaluation's generator: HF `generate`, or a vLLM engine holding `model`'s weights."""
+    if cfg.backend != "vllm":
+        return HFGenerationBackend(model, tokenizer, batch_size=cfg.batch_size, progress=progress, desc=desc)
+    from harness.vllm_backend import VLLMGenerationBackend
+
+    return VLLMGenerationBackend.for_model(
+        model, tokenizer, gpu_memory_utilization=cfg.vllm.gpu_memory_utilization, sleep=cfg.vllm.sleep,
+        max_model_len=cfg.vllm.max_model_len, seed=seed, sync="checkpoint" if weights_from_checkpoint else "now",
+        progress=progress, desc=desc)
+
+
 def generate_baseline_outputs(model, tokenizer, task_cfg: TaskConfig, cfg: EvalConfig, data_dir: Path | None,
-                              progress: bool = True) -> dict[str, str]:
+                              progress: bool = True, weights_from_checkpoint: bool = True) -> dict[str, str]:
     """A baseline model's outputs keyed by example id, decoded exactly as the evaluated models are
-    (the pairwise judge's other side, or the teacher's answers an agreement metric compares with)."""
+    (the pairwise judge's other side, or the teacher's answers an agreement metric compares with).
+    Baselines are loaded from their checkpoints, so a vLLM engine needs no weight sync by default."""
     task_def = get_task(task_cfg.name)
     examples = load_examples(task_def, "eval", source=task_cfg.eval_source, limit=task_cfg.eval_limit, data_dir=data_dir, seed=0)
     render = prompt_renderer(task_def, tokenizer)
-    backend = HFGenerationBackend(model, tokenizer, batch_size=cfg.batch_size, progress=progress,
-                                  desc=f"baseline outputs {task_cfg.name}")
+    backend = generation_backend(model, tokenizer, cfg, progress=progress, weights_from_checkpoint=weights_from_checkpoint,
+                                 desc=f"baseline outputs {task_cfg.name}")
     outs = backend.generate([render(ex) for ex in examples], generation_params(task_def, cfg, 0))
     return {ex.id: o.text.strip() for ex, o in zip(examples, outs)}
 

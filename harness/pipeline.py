@@ -114,17 +114,18 @@ def _needs_teacher_generation(objective) -> bool:
 
 def evaluate_cell(model, tokenizer, task_cfgs: list[TaskConfig], eval_cfg: EvalConfig, out_dir: Path, *,
                   data_dir: Path | None, teacher=None, baseline_outputs=None, progress: bool = True, seed: int = 0,
-                  baseline_name: str | None = None, logit_columns: int | None = None) -> dict[str, Any]:
+                  baseline_name: str | None = None, logit_columns: int | None = None,
+                  weights_from_checkpoint: bool = False) -> dict[str, Any]:
     """`distill-bench eval` and a suite cell's evaluation: every task's protocol, records and diagnostics."""
     from harness.eval_runner import evaluate_model
 
     return evaluate_model(model, tokenizer, task_cfgs, eval_cfg, out_dir, data_dir=data_dir, teacher=teacher,
                           baseline_outputs=baseline_outputs, progress=progress, seed=seed, baseline_name=baseline_name,
-                          logit_columns=logit_columns)
+                          logit_columns=logit_columns, weights_from_checkpoint=weights_from_checkpoint)
 
 
 def baseline_source(task_name: str, eval_cfg: EvalConfig) -> str | None:
-    """Whose outputs the task compares against ("teacher", "student_init", "references"), or None."""
+    """Whose outputs the task compares against ("teacher", "student_init", "references", "model"), or None."""
     from harness.data import get_task
     from harness.tasks.contract import baseline_source as source
 

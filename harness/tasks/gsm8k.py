@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.errors import DataError
 from harness.evaluation.gsm8k import EXTRACTION_YAML, answers_match, extract_answer
 from harness.tasks.contract import ScoreContext
 
@@ -43,12 +42,11 @@ def score(ctx: ScoreContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def _lm_eval(ctx: ScoreContext) -> dict[str, Any]:
     """lm-eval's own 5-shot protocol on the same (seeded) limit of test questions."""
-    from harness.evaluation.gsm8k_lm_eval import run_lm_eval_gsm8k
+    from harness.evaluation.gsm8k_lm_eval import lm_eval_data_source, run_lm_eval_gsm8k
 
-    gsm_dir = Path(ctx.data_dir) / "gsm8k" if ctx.data_dir else None
-    if gsm_dir is None or not (gsm_dir / "test.jsonl").is_file():
-        raise DataError("the lm_eval GSM8K protocol reads gsm8k/test.jsonl and gsm8k/train.jsonl (5-shot examples) "
-                        "from the data directory: set --data-dir / DISTILL_BENCH_DATA_DIR, or drop `lm_eval` from "
-                        "eval.gsm8k.protocols")
+    # Same source resolution as the paper protocol: Hub when the task reads the Hub, local GSM8K
+    # files when it reads those.
+    kind, gsm_dir = lm_eval_data_source(ctx.task_cfg.eval_source, ctx.data_dir)
     return run_lm_eval_gsm8k(ctx.model, ctx.tokenizer, data_dir=gsm_dir, limit=ctx.task_cfg.eval_limit,
-                             batch_size=ctx.eval_cfg.batch_size, num_fewshot=ctx.eval_cfg.gsm8k.lm_eval_num_fewshot)
+                             batch_size=ctx.eval_cfg.batch_size, num_fewshot=ctx.eval_cfg.gsm8k.lm_eval_num_fewshot,
+                             source=kind)
