@@ -28,13 +28,15 @@ def template_hash(task_def) -> str:
 
 def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfig, out_dir: Path, *,
                    data_dir: Path | None, teacher=None, baseline_outputs: dict[str, dict[str, str]] | None = None,
-                   progress: bool = True, seed: int = 0, baseline_name: str | None = None) -> dict[str, Any]:
+                   progress: bool = True, seed: int = 0, baseline_name: str | None = None,
+                   is_baseline_model: bool = False) -> dict[str, Any]:
     """Evaluate `model` on `tasks`; returns {task: aggregate, "diagnostics": {...}}.
 
     `baseline_outputs[task][example_id]` are the baseline's DialogSum summaries for the pairwise
     judge (the suite fills it from the baseline cell); with `dialogsum.baseline: references` the
     first reference is used instead. `baseline_name` (which model wrote those summaries) is
-    recorded in the DialogSum protocol.
+    recorded in the DialogSum protocol. `is_baseline_model`: `model` is the model that wrote those
+    summaries, so its DialogSum win rate is 50% by construction and the judge is not called.
     """
     from harness.data import get_task, load_examples
     from harness.runner import prompt_renderer
@@ -58,7 +60,8 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
             agg, rows = _eval_humaneval(backend, examples, prompts, task_def, cfg, seed)
         elif tcfg.name == "dialogsum":
             base = (baseline_outputs or {}).get("dialogsum")
-            agg, rows = _eval_dialogsum(backend, examples, prompts, task_def, cfg, base, seed, baseline_name)
+            agg, rows = _eval_dialogsum(backend, examples, prompts, task_def, cfg, base, seed, baseline_name,
+                                        is_baseline_model)
         else:  # config validation makes this unreachable
             raise ValueError(f"no evaluation for task {tcfg.name!r}")
         agg["wall_time_s"] = time.perf_counter() - t0
@@ -185,9 +188,9 @@ def build_judge(cfg: EvalConfig, references_by_dialogue: dict[str, list[str]] | 
 
 
 def _eval_dialogsum(backend, examples, prompts, task_def, cfg: EvalConfig, baseline: dict[str, str] | None, seed: int,
-                    baseline_name: str | None = None):
+                    baseline_name: str | None = None, is_baseline_model: bool = False):
     from harness.evaluation.rouge import rouge_scores
-    from harness.evaluation.win_rate import pairwise_win_rate
+    from harness.evaluation.win_rate import pairwise_win_rate, self_comparison
 
     ds = cfg.dialogsum
     params = dialogsum_params(task_def, cfg)
@@ -217,9 +220,12 @@ def _eval_dialogsum(backend, examples, prompts, task_def, cfg: EvalConfig, basel
                      "baseline_model": "references" if ds.baseline == "references" else baseline_name,
                      "judge": ds.judge.model_dump(mode="json")},
     }
-    if items:
+    if items and is_baseline_model and ds.baseline != "references":
+        wr, verdict_rows = self_comparison(items, order=ds.judge.order, seed=ds.judge.seed)
+    elif items:
         judge = build_judge(cfg)
         wr, verdict_rows = pairwise_win_rate(items, judge, order=ds.judge.order, seed=ds.judge.seed)
+    if items:
         by_id = {v["id"]: v for v in verdict_rows}
         for r in rows:
             v = by_id.get(r["id"])

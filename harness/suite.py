@@ -77,6 +77,12 @@ def plan_cells(cfg: SuiteConfig) -> list[Cell]:
     return cells
 
 
+def wrote_baseline_summaries(cell: Cell, cfg: SuiteConfig) -> bool:
+    """Whether `cell` evaluates the model whose DialogSum summaries are the judge's baseline (the
+    teacher cell vs `baseline: teacher`): its win rate is 50% by construction, no judge needed."""
+    return cell.kind == "baseline" and cell.objective == cfg.eval.dialogsum.baseline
+
+
 def shard_cells(cells: list[Cell], shard: str | None) -> list[Cell]:
     if not shard:
         return cells
@@ -260,7 +266,8 @@ class SuiteRunner:
         baseline_outputs = self.baseline_outputs(cell.task)
         metrics = evaluate_model(model, tok, [eval_task], self.cfg.eval, cdir, data_dir=data_dir, teacher=teacher,
                                  baseline_outputs=baseline_outputs, progress=self.progress, seed=cell.seed,
-                                 baseline_name=self._baseline_name())
+                                 baseline_name=self._baseline_name(),
+                                 is_baseline_model=wrote_baseline_summaries(cell, self.cfg))
         eval_wall = time.perf_counter() - t_eval
         telemetry = cdir / "train" / "telemetry.jsonl"
         record = {
