@@ -142,6 +142,21 @@ def test_tests_use_the_datasets_helpers_and_plain_values() -> None:
     assert result.passed, (result.status, result.detail, result.stderr_tail)
 
 
+def test_iterators_ranges_and_numbers_cross_like_in_one_process() -> None:
+    tests = ("def check(candidate):\n"
+             "    it = candidate('gen')\n    assert it != [1, 2] and tuple(it) == (1, 2) and list(it) == []\n"
+             "    assert candidate('map') != [2, 4] and sorted(candidate('map')) == [2, 4]\n"
+             "    assert candidate('range') == range(0, 6, 2)\n"
+             "    from fractions import Fraction\n    from decimal import Decimal\n"
+             "    assert candidate('frac') == Fraction(1, 3) and candidate('dec') == Decimal('0.10')\n")
+    solution = ("from fractions import Fraction\nfrom decimal import Decimal\n"
+                "def f(kind):\n"
+                "    return {'gen': (x for x in (1, 2)), 'map': map(lambda x: 2 * x, [2, 1]), 'range': range(0, 6, 2),\n"
+                "            'frac': Fraction(1, 3), 'dec': Decimal('0.10')}[kind]\n")
+    result = run_tests(solution, tests, "f", timeout_s=10)
+    assert result.passed, (result.status, result.detail, result.stderr_tail)
+
+
 def test_candidate_cannot_reach_the_tests_the_nonce_or_the_harness() -> None:
     """From inside the candidate's process (guard off): no fd holds the tests or the nonce, and the
     tester's and the harness's /proc entries (environ, mem, fds) are refused."""

@@ -22,7 +22,9 @@ on the reply pipe and recorded with the way it ended; the harness counts a pass 
 verdict carries its nonce.
 
 Wire format: each message is an 8-byte big-endian length and a JSON body. Values are tagged so
-types survive exactly (bool vs int, list vs tuple, float bit patterns including nan and -0.0).
+types survive exactly (bool vs int, list vs tuple, float bit patterns including nan and -0.0);
+ranges, Fractions, Decimals and iterators (generator, map, ...) cross too, the last as a one-shot
+iterator over the materialized items. Objects of any other type are refused: the tests fail.
 """
 
 from __future__ import annotations
@@ -78,6 +80,17 @@ def encode(value, depth: int = 0):
         return {"z": [encode(v, depth + 1) for v in frozenset.__iter__(value)]}
     if isinstance(value, set):
         return {"e": [encode(v, depth + 1) for v in set.__iter__(value)]}
+    if isinstance(value, range):
+        return {"r": [encode(value.start), encode(value.stop), encode(value.step)]}
+    fractions, decimal = sys.modules.get("fractions"), sys.modules.get("decimal")  # only if the program used them
+    if fractions is not None and isinstance(value, fractions.Fraction):
+        return {"q": [encode(value.numerator), encode(value.denominator)]}
+    if decimal is not None and isinstance(value, decimal.Decimal):
+        return {"m": str(decimal.Decimal.__str__(value))}
+    if hasattr(type(value), "__next__") and iter(value) is value:
+        # A generator/map/filter result: the tests may consume it (`tuple(candidate(x))`, as
+        # HumanEval/33 does); it crosses as a one-shot iterator, so it still differs from a list.
+        return {"n": [encode(v, depth + 1) for v in value]}
     raise TypeError(f"a {type(value).__name__} cannot cross the sandbox boundary (plain data only)")
 
 
@@ -98,8 +111,20 @@ def decode(obj):
         return complex(float.fromhex(v[0]), float.fromhex(v[1]))
     if tag == "b" and type(v) is str:
         return bytes.fromhex(v)
+    if tag == "m" and type(v) is str:
+        import decimal
+
+        return decimal.Decimal(v)
     if type(v) is not list:
         raise ValueError(f"malformed value {str(obj)[:80]!r}")
+    if tag == "r" and len(v) == 3:
+        return range(*(_plain_int(decode(x)) for x in v))
+    if tag == "q" and len(v) == 2:
+        import fractions
+
+        return fractions.Fraction(_plain_int(decode(v[0])), _plain_int(decode(v[1])))
+    if tag == "n":
+        return iter([decode(x) for x in v])
     if tag == "l":
         return [decode(x) for x in v]
     if tag == "t":
@@ -111,6 +136,12 @@ def decode(obj):
     if tag == "e":
         return {decode(x) for x in v}
     raise ValueError(f"unknown value tag {tag!r}")
+
+
+def _plain_int(value) -> int:
+    if type(value) is not int:
+        raise ValueError("malformed integer")
+    return value
 
 
 # ---------------------------------------------------------------- framing
