@@ -205,3 +205,29 @@ def test_verdict_needs_this_runs_nonce() -> None:
     assert verdict_status(b"\xff garbage", nonce)[0] == "evidence_forged"
     assert verdict_status(json.dumps({"status": "exited_early", "detail": "x"}).encode(), nonce) == ("exited_early", "x")
     assert verdict_status(b"", nonce) == (None, "")
+
+
+def test_sandbox_uids_are_reserved_across_processes() -> None:
+    """Two harness processes must not run programs under the same uid: each one's cleanup kills
+    every process of its uid, which would score the other's programs as failures."""
+    import subprocess
+    import sys
+
+    from harness.evaluation.sandbox import _UID_POOL
+
+    base = 1_980_000_000
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom harness.evaluation.sandbox import _UID_POOL\n"
+                               f"print(_UID_POOL.acquire({base}), flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        held = int(holder.stdout.readline())
+        mine = _UID_POOL.acquire(base)
+        _UID_POOL.release(mine)
+        assert mine != held
+    finally:
+        holder.kill()
+        holder.wait()
+    again = _UID_POOL.acquire(base)  # the kernel dropped the dead holder's lock
+    _UID_POOL.release(again)
+    assert again == held

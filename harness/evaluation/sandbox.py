@@ -110,7 +110,8 @@ def run_tests(solution: str, tests: str, entry_point: str, timeout_s: float = 5.
     `helpers` (e.g. the problem's prompt) is executed before `tests` in the tester's namespace, so
     the tests use the dataset's helper functions, not the candidate's versions of them. The tests
     see the candidate's `entry_point` through a proxy: arguments and return values cross as plain
-    data (None, bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset).
+    data (None, bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset, range,
+    Fraction, Decimal; iterators as one-shot iterators); any other return value fails the tests.
     `passed` only when the tester's verdict carries this run's nonce; never raises.
     """
     job = {"tests": tests, "helpers": helpers, "entry_point": entry_point}
@@ -120,7 +121,7 @@ def run_tests(solution: str, tests: str, entry_point: str, timeout_s: float = 5.
 def _launch(program: str, timeout_s: float, limits: SandboxLimits, job: dict | None) -> ExecResult:
     start = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="distill-sbx-")
-    # Not chowned to the sandbox uid: the tests and the nonce never live where the candidate can read.
+    # Not chowned to the sandbox uid: the tests never live where the candidate's process can read them.
     private = tempfile.mkdtemp(prefix="distill-sbx-tests-") if job is not None else None
     uid: int | None = None
     proc: subprocess.Popen | None = None
@@ -458,25 +459,45 @@ def _nproc_limit(max_procs: int, uid: int | None) -> int:
 
 
 class _UidPool:
-    """Dedicated uids, one per concurrent run: no passwd entry and no process may already use them."""
+    """Dedicated uids, one per concurrent run: no passwd entry and no process may already use them.
+
+    Held across processes too (an flock per uid under `UID_LOCK_DIR`, released by the kernel if
+    the holder dies): two harnesses on one machine (suite shards, parallel test runs) would
+    otherwise pick the same uid, and one's cleanup, which kills every process of its uid, would
+    kill the other's running programs and score them as failures.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._in_use: set[int] = set()
+        self._in_use: dict[int, int] = {}  # uid -> fd holding its cross-process lock
 
     def acquire(self, base: int) -> int:
+        import fcntl
+
         with self._lock:
+            os.makedirs(UID_LOCK_DIR, mode=0o700, exist_ok=True)
             busy = {u for row in _proc_table() for u in row[4]}
             for uid in range(base, base + 4096):
                 if uid in self._in_use or uid in busy or _has_passwd_entry(uid):
                     continue
-                self._in_use.add(uid)
+                fd = os.open(os.path.join(UID_LOCK_DIR, f"{uid}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:  # another harness process runs a program under this uid
+                    os.close(fd)
+                    continue
+                self._in_use[uid] = fd
                 return uid
         raise OSError("no free sandbox uid")
 
     def release(self, uid: int) -> None:
         with self._lock:
-            self._in_use.discard(uid)
+            fd = self._in_use.pop(uid, None)
+            if fd is not None:
+                os.close(fd)  # closing drops the flock
+
+
+UID_LOCK_DIR = "/tmp/distill-bench-sandbox-uids"
 
 
 def _has_passwd_entry(uid: int) -> bool:
