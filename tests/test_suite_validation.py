@@ -86,6 +86,9 @@ def test_every_shard_is_validated(tmp_path, capsys) -> None:
 
 
 @pytest.mark.parametrize("suite", ["smoke", "paper"])
-def test_embedded_suites_still_plan(suite, capsys) -> None:
-    assert main(["run", suite, "--dry-run"]) == 0
-    assert f"suite {suite}:" in capsys.readouterr().out
+def test_embedded_suites_pass_cell_validation(suite, capsys) -> None:
+    """Their cells validate, so the plan is printed (offline, paper's preflight may still refuse
+    the run afterwards: its models are not here)."""
+    main(["run", suite, "--dry-run"])
+    out, err = capsys.readouterr()
+    assert f"suite {suite}:" in out and "problem(s) in its cells" not in err
