@@ -202,3 +202,64 @@ def test_gsm8k_reward_matches_the_evaluation_scorer():
 
     ex = SimpleExample(id="a", prompt="q", answer="18")
     assert gsm8k_reward([ex, ex, ex], ["so the answer is 18.", "#### 18.0", "it is 17"]) == [1.0, 1.0, 0.0]
+
+
+def test_whole_step_row_weights_match_across_processes(tiny_model_dir, tmp_path):
+    """2 processes (gloo) gather every row before row_weights: the run equals the 1-process run."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from harness.io import read_jsonl
+
+    worker = Path(__file__).resolve().parent / "dist_worker_v2.py"
+
+    def launch(nproc: int, run_dir: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+               f"--master_port={port}", str(worker), str(tiny_model_dir), str(run_dir)]
+        proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"},
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+
+    launch(1, tmp_path / "p1")
+    launch(2, tmp_path / "p2")
+    one, two = read_jsonl(tmp_path / "p1" / "telemetry.jsonl"), read_jsonl(tmp_path / "p2" / "telemetry.jsonl")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2]
+    for a, b in zip(one, two):
+        assert abs(a["loss"] - b["loss"]) < 1e-5 * max(1.0, abs(a["loss"]))
+        assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * max(1.0, a["grad_norm"])
+    w1, w2 = torch.load(tmp_path / "p1" / "final_state.pt"), torch.load(tmp_path / "p2" / "final_state.pt")
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-5
+
+
+def test_weight_one_v2_path_trains_bit_identically_to_v1(tiny_model_dir, tmp_path):
+    """An existing objective forced through the v2 stage path with all weights 1 (stats pass, gather,
+    weighted chunked loss) ends with bit-identical weights and losses: v2 adds no arithmetic."""
+    from harness.training.loop import train
+    from objectives.onpolicy_rkl import OnPolicyRKL
+    from training_helpers import make_setup, run_config, weights
+
+    @register_objective
+    class OnesRKL(OnPolicyRKL):
+        name = "test_rkl_weight_one"
+
+        def row_weights(self, stats, seq_id, segment_id):
+            return torch.ones(len(seq_id))
+
+    try:
+        runs = {}
+        for name in ("onpolicy_rkl", "test_rkl_weight_one"):
+            setup = make_setup(tiny_model_dir)
+            cfg = run_config(tiny_model_dir, name, batch_size=4, micro_batch_size=2)
+            train(cfg, tmp_path / name, setup, max_steps=2, progress=False, save_model=False)
+            rows = [json.loads(l) for l in (tmp_path / name / "telemetry.jsonl").read_text().splitlines()]
+            runs[name] = (weights(setup.student), [(r["loss"], r["grad_norm"], r["entropy"], r["teacher_kl"]) for r in rows])
+        (w1, t1), (w2, t2) = runs["onpolicy_rkl"], runs["test_rkl_weight_one"]
+        assert t1 == t2
+        assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    finally:
+        unregister_objective("test_rkl_weight_one")
