@@ -179,6 +179,10 @@ def test_new_objectives_train_through_the_cli(tiny_model_dir, tmp_path, capsys, 
     rows = [json.loads(l) for l in (run / "telemetry.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["nonfinite"] is False for r in rows)
+    if name in ("tip", "sod"):
+        assert all(0 < r["rows_kept"] <= 1 and r["row_weight_mean"] > 0 for r in rows)
+    if name in ("kdrl", "rlad"):
+        assert all(0 <= r["reward_mean"] <= 1 for r in rows)
     s = json.loads((run / "train_summary.json").read_text())
     n = params.get("n_samples", 1)
     # budgets count every rollout of a group: 2 prompts x n samples x <= 6 tokens per step
@@ -263,3 +267,15 @@ def test_weight_one_v2_path_trains_bit_identically_to_v1(tiny_model_dir, tmp_pat
         assert all(torch.equal(w1[k], w2[k]) for k in w1)
     finally:
         unregister_objective("test_rkl_weight_one")
+
+
+def test_suite_with_a_reward_objective_on_a_rewardless_task_is_refused_up_front():
+    from harness.config import load_suite_config
+    from harness.errors import ConfigError
+
+    smoke = Path(__file__).resolve().parent.parent / "suites" / "smoke.yaml"
+    with pytest.raises(ConfigError, match=r"objective 'rlad' trains on a task reward, but task 'dialogsum' has none"):
+        load_suite_config(smoke, ["objectives=[{name: sft}, {name: rlad}]", "task_objective_params={}"])
+    cfg = load_suite_config(smoke, ["objectives=[{name: kdrl}, {name: tip}]", "task_objective_params={}",
+                                    "tasks=[{name: gsm8k}, {name: humaneval}]"])
+    assert [o.name for o in cfg.objectives] == ["kdrl", "tip"]

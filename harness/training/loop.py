@@ -277,6 +277,8 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                     "sequences_s": t_sequences - t0, "forward_backward_s": t_backward - t_sequences,
                     "optimizer_s": time.perf_counter() - t_backward, **sched,
                 }
+                if v2:
+                    row.update(v2_rows.step_telemetry(step_rows, dist))
                 if dist.is_main:
                     telemetry.append(row)
                 state.telemetry_rows = telemetry.rows if dist.is_main else state.step

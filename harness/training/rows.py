@@ -93,6 +93,7 @@ class MicroRows:
 class StepRows:
     micro: list[MicroRows]
     n_sequences: int
+    rewards: list[float] | None = None
 
 
 def build_step_rows(objective: Objective, tokenizer: Any, render: Callable[[Any], str], examples: Sequence[Any],
@@ -129,7 +130,7 @@ def build_step_rows(objective: Objective, tokenizer: Any, render: Callable[[Any]
                        advantage=(torch.tensor([advantages[i] for i in seq_local], dtype=torch.float32)
                                   if advantages is not None else None))
         micro.append(MicroRows(batch, t_batch, rows))
-    return StepRows(micro, len(seqs))
+    return StepRows(micro, len(seqs), rewards)
 
 
 def gather_rows(dist: Any, local: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
@@ -303,3 +304,19 @@ def forward_backward(objective: Objective, sched: dict, step_rows: StepRows, *, 
         entropy_sum += res.entropy_sum
         kl_sum += res.kl_sum
     return loss_sum, entropy_sum, kl_sum, s_tokens, t_tokens
+
+
+def step_telemetry(step_rows: StepRows, dist: Any) -> dict[str, float]:
+    """Global per-step telemetry of the v2 path: mean task reward, share of rows of nonzero weight,
+    mean row weight (only the keys that apply)."""
+    out: dict[str, float] = {}
+    if step_rows.rewards is not None:
+        n = dist.all_reduce_sum(len(step_rows.rewards))
+        out["reward_mean"] = dist.all_reduce_sum(sum(step_rows.rewards)) / max(n, 1.0)
+    weights = [m.rows.weight for m in step_rows.micro if m.rows.weight is not None]
+    if weights:
+        w = torch.cat(weights)
+        n = dist.all_reduce_sum(w.numel())
+        out["rows_kept"] = dist.all_reduce_sum(int((w != 0).sum())) / max(n, 1.0)
+        out["row_weight_mean"] = dist.all_reduce_sum(float(w.sum())) / max(n, 1.0)
+    return out
