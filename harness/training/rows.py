@@ -141,7 +141,8 @@ def gather_rows(dist: Any, local: dict[str, torch.Tensor]) -> tuple[dict[str, to
     n_local = next(iter(local.values())).shape[0] if local else 0
     if dist.world_size == 1:
         return local, 0
-    device = dist._comm_device()
+    # gloo reduces on CPU, NCCL on the process's GPU (as DistContext does for its own collectives)
+    device = dist.device if tdist.get_backend() == "nccl" else torch.device("cpu")
     counts = torch.zeros(dist.world_size, dtype=torch.float64, device=device)
     counts[dist.rank] = n_local
     tdist.all_reduce(counts, op=tdist.ReduceOp.SUM)
