@@ -208,7 +208,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                 if v2:  # contract v2 (groups, rewards, teacher prompts, row weights): harness/training/rows.py
                     step_rows, seqs = v2_rows.build_for_step(
                         objective, builder, setup, [setup.examples[i] for i in idx], source,
-                        seed=cfg.seed * 1_000_003 + step * 101 + dist.rank, pad_id=_pad_id(tok),
+                        seed=cfg.seed * 1_000_003 + step * 101 + dist.rank, pad_id=pad_id,
                         micro_batch_size=tc.micro_batch_size, dist=dist,
                         teacher_prompt_limit=tc.max_prompt_tokens + tc.max_response_tokens)
                 else:
@@ -226,6 +226,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                         objective, sched, step_rows, student=student, teacher=teacher, s_head=s_head, t_head=t_head,
                         autocast_dtype=autocast_dtype, chunk_size=tc.loss_chunk_size, dist=dist, device=device,
                         n_global=n_global, loss_fn=_objective_loss)
+                # v1: unchanged (the v2 path above already ran forward/backward)
                 for micro in ([] if v2 else split_micro_batches(seqs, tc.micro_batch_size)):
                     batch = collate(micro, pad_id).to(device)
                     fwd_tokens += batch.n_tokens
@@ -345,10 +346,6 @@ def sync_rollout_copy(rollout_model: torch.nn.Module, student: torch.nn.Module) 
     """Copy the student's current weights into the rollout copy (cast to its dtype)."""
     for dst, src in zip(rollout_model.parameters(), student.parameters(), strict=True):
         dst.copy_(src)
-
-
-def _pad_id(tok) -> int:
-    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
 def _objective_loss(objective, sched, h_s, s_head, h_t, t_head, targets, chunk_size, autocast_dtype, rows=None):
