@@ -290,6 +290,7 @@ def test_humaneval_reward_runs_the_tests_in_the_sandbox():
     meta = {"task_id": p["task_id"], "code_prompt": p["prompt"], "test": p["test"], "entry_point": p["entry_point"]}
     ex = SimpleExample(id="he0", prompt="write it", meta=meta)
     # the same problem twice in one group: each completion is scored on its own
-    assert humaneval_reward([ex, ex], [p["canonical_solution"], "    return None\n"]) == [1.0, 0.0]
+    # a generous timeout: on a loaded 2-core machine the sandbox's 5 s default can expire before the child starts
+    assert humaneval_reward([ex, ex], [p["canonical_solution"], "    return None\n"], timeout_s=60.0) == [1.0, 0.0]
     with pytest.raises(ValueError, match="lacks"):
         humaneval_reward([SimpleExample(id="x", prompt="q")], ["pass"])
