@@ -191,7 +191,8 @@ def estimate_cost(cfg: SuiteConfig, cell: Cell, n_train: int | None) -> dict[str
     return {
         "optimizer_steps": steps,
         "prompts_seen": steps * cfg.train.batch_size,
-        "max_rollout_tokens": int(steps * cfg.train.batch_size * cfg.train.max_new_tokens * gen_frac),
+        # contract v2: n_samples rollouts per prompt all count against the budget
+        "max_rollout_tokens": int(steps * cfg.train.batch_size * obj.n_samples() * cfg.train.max_new_tokens * gen_frac),
     }
 
 
