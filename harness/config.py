@@ -439,7 +439,21 @@ class SuiteConfig(StrictModel):
         for obj in self.ray.per_objective:
             if obj not in names:
                 raise ValueError(f"ray.per_objective names objective {obj!r}, not in {names}")
+        self._check_task_rewards()
         return self
+
+    def _check_task_rewards(self) -> None:
+        """An objective that trains on a task reward (contract v2) needs every suite task to have one."""
+        from harness.task_rewards import check_reward_available
+        from objectives.base import build_objective
+
+        for i, o in enumerate(self.objectives):
+            objective = build_objective(o.name, o.params)
+            for t in self.tasks:
+                try:
+                    check_reward_available(objective, t.name, field=f"objectives.{i} x tasks[{t.name}]")
+                except ConfigError as err:
+                    raise ValueError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------- loading

@@ -27,7 +27,8 @@ from harness.tasks.contract import ScoreContext, generation_params, load_scorer,
 def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfig, out_dir: Path, *,
                    data_dir: Path | None, teacher=None, baseline_outputs: dict[str, dict[str, str]] | None = None,
                    progress: bool = True, seed: int = 0, baseline_name: str | None = None,
-                   logit_columns: int | None = None, weights_from_checkpoint: bool = False) -> dict[str, Any]:
+                   logit_columns: int | None = None, weights_from_checkpoint: bool = False,
+                   is_baseline_model: bool = False) -> dict[str, Any]:
     """Evaluate `model` on `tasks`; returns {task: aggregate, "diagnostics": {...}}.
 
     `baseline_outputs[task][example_id]` are a baseline model's outputs for tasks that declare
@@ -36,6 +37,8 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
     (see `harness.pipeline.LoadedPair`), applied to the diagnostics exactly as in training.
     `weights_from_checkpoint`: the model's weights are those of the checkpoint it was loaded from
     (a teacher or untrained baseline), so a vLLM engine built from that checkpoint needs no weight sync.
+    `is_baseline_model`: `model` wrote those baseline outputs (a judged comparison is then 50% by
+    construction; the scorer records it without asking the judge).
     """
     out_dir = Path(out_dir)
     eval_dir = out_dir / "eval"
@@ -57,7 +60,7 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
         ctx = ScoreContext(task=task_def, task_cfg=tcfg, eval_cfg=cfg, examples=examples, prompts=prompts,
                            outputs=outputs, params=params, model=model, tokenizer=tokenizer, data_dir=data_dir,
                            seed=seed, baseline_outputs=(baseline_outputs or {}).get(tcfg.name),
-                           baseline_name=baseline_name)
+                           baseline_name=baseline_name, is_baseline_model=is_baseline_model)
         agg, rows = scorer.score(ctx)
         agg["wall_time_s"] = time.perf_counter() - t0
         agg["generated_tokens"] = backend.generated_tokens - gen_before

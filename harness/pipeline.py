@@ -88,8 +88,17 @@ def build_setup(cfg: RunConfig, pair: LoadedPair, *, limit: int | None = None) -
         teacher=pair.teacher, student=pair.student, tokenizer=pair.tokenizer, examples=examples,
         render_prompt=prompt_renderer(task_def, pair.tokenizer), stop=tuple(task_def.stop),
         teacher_key=str(pair.teacher_dir), teacher_cache_path=teacher_cache_file(pair.teacher_dir, cfg.task.name),
-        logit_columns=pair.logit_columns,
+        logit_columns=pair.logit_columns, reward=_task_reward(cfg),
     )
+
+
+def _task_reward(cfg: RunConfig):
+    """The task's reward function when the objective trains on one (contract v2), else None."""
+    from harness.task_rewards import check_reward_available, task_reward
+
+    objective = build_objective(cfg.objective.name, cfg.objective.params)
+    check_reward_available(objective, cfg.task.name)
+    return task_reward(cfg.task.name) if objective.uses_reward() else None
 
 
 def run_training(cfg: RunConfig, run_dir: Path, *, max_steps: int | None = None, limit: int | None = None,
@@ -97,7 +106,12 @@ def run_training(cfg: RunConfig, run_dir: Path, *, max_steps: int | None = None,
                  save_model: bool = True) -> TrainResult:
     """`distill-bench train`: load, train (resuming if a checkpoint exists), save an HF checkpoint."""
     objective = build_objective(cfg.objective.name, cfg.objective.params)
-    need_teacher = required_signal(objective) != TeacherSignal.NONE or _needs_teacher_generation(objective)
+    from harness.task_rewards import check_reward_available
+
+    check_reward_available(objective, cfg.task.name)  # before loading any model
+    # contract v2: a self-teaching objective (teacher_model() != "teacher") needs no teacher model
+    needs_signal = required_signal(objective) != TeacherSignal.NONE and objective.teacher_model() == "teacher"
+    need_teacher = needs_signal or _needs_teacher_generation(objective)
     pair = load_pair(cfg.teacher, cfg.student, need_teacher=need_teacher, teacher=teacher,
                      allow_head_slice=cfg.allow_head_slice)
     setup = build_setup(cfg, pair, limit=limit)
@@ -115,13 +129,14 @@ def _needs_teacher_generation(objective) -> bool:
 def evaluate_cell(model, tokenizer, task_cfgs: list[TaskConfig], eval_cfg: EvalConfig, out_dir: Path, *,
                   data_dir: Path | None, teacher=None, baseline_outputs=None, progress: bool = True, seed: int = 0,
                   baseline_name: str | None = None, logit_columns: int | None = None,
-                  weights_from_checkpoint: bool = False) -> dict[str, Any]:
+                  weights_from_checkpoint: bool = False, is_baseline_model: bool = False) -> dict[str, Any]:
     """`distill-bench eval` and a suite cell's evaluation: every task's protocol, records and diagnostics."""
     from harness.eval_runner import evaluate_model
 
     return evaluate_model(model, tokenizer, task_cfgs, eval_cfg, out_dir, data_dir=data_dir, teacher=teacher,
                           baseline_outputs=baseline_outputs, progress=progress, seed=seed, baseline_name=baseline_name,
-                          logit_columns=logit_columns, weights_from_checkpoint=weights_from_checkpoint)
+                          logit_columns=logit_columns, weights_from_checkpoint=weights_from_checkpoint,
+                          is_baseline_model=is_baseline_model)
 
 
 def baseline_source(task_name: str, eval_cfg: EvalConfig) -> str | None:

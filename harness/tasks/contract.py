@@ -49,6 +49,7 @@ class ScoreContext:
     seed: int = 0
     baseline_outputs: dict[str, str] | None = None  # example id -> the baseline model's output text
     baseline_name: str | None = None  # which model wrote them (recorded in the protocol)
+    is_baseline_model: bool = False  # the evaluated model is the one that wrote the baseline outputs
     extra: dict[str, Any] = field(default_factory=dict)
 
     def samples(self, i: int) -> list[GenerationOutput]:

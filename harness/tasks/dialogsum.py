@@ -11,7 +11,7 @@ from typing import Any
 
 from harness.evaluation.judges import PROMPTS_YAML
 from harness.evaluation.rouge import rouge_scores
-from harness.evaluation.win_rate import pairwise_win_rate
+from harness.evaluation.win_rate import pairwise_win_rate, self_comparison
 from harness.tasks.contract import ScoreContext
 
 RULES_FILES = (PROMPTS_YAML,)
@@ -61,8 +61,12 @@ def score(ctx: ScoreContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                      "baseline_model": "references" if ds.baseline == "references" else ctx.baseline_name,
                      "judge": ds.judge.model_dump(mode="json")},
     }
-    if items:
+    if items and ctx.is_baseline_model and ds.baseline != "references":
+        # The baseline's own model against its own summaries: 50% by construction, no judge calls.
+        wr, verdict_rows = self_comparison(items, order=ds.judge.order, seed=ds.judge.seed)
+    elif items:
         wr, verdict_rows = pairwise_win_rate(items, build_judge(ctx.eval_cfg), order=ds.judge.order, seed=ds.judge.seed)
+    if items:
         by_id = {v["id"]: v for v in verdict_rows}
         for r in rows:
             v = by_id.get(r["id"])

@@ -24,6 +24,7 @@ from harness.io import atomic_write_json
 from harness.modeling.batching import collate
 from harness.training.batching import split_micro_batches
 from harness.training.checkpoint import TrainState, find_checkpoint, load_checkpoint, save_checkpoint
+from harness.training import rows as v2_rows
 from harness.training.distributed import DistContext, init_distributed
 from harness.modeling.forward import lm_head, loss_hidden_states, sliced_head
 from harness.training.schedules import build_scheduler
@@ -50,6 +51,8 @@ class TrainingSetup:
     teacher_key: str = "teacher"
     teacher_cache_path: Path | None = None
     logit_columns: int | None = None  # set when heads differ in size but share the tokenizer (checked upstream)
+    # Contract v2: (examples, completion texts) -> rewards; set by the runner from the task (None: no reward).
+    reward: Any = None
 
 
 @dataclass
@@ -119,12 +122,15 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
     # --- the objective and what it needs ------------------------------------------------------
     objective = build_objective(cfg.objective.name, cfg.objective.params)
     signal_needed = required_signal(objective)
-    if signal_needed != TeacherSignal.NONE and setup.teacher is None:
-        raise ValueError(f"objective {objective.name!r} needs a teacher ({signal_needed.value}) but none was loaded")
+    v2 = objective.uses_contract_v2()
     student, teacher, tok = setup.student, setup.teacher, setup.tokenizer
+    if v2:
+        teacher = v2_rows.check_objective(objective, setup, student)
+    if signal_needed != TeacherSignal.NONE and teacher is None:
+        raise ValueError(f"objective {objective.name!r} needs a teacher ({signal_needed.value}) but none was loaded")
     device = dist.device
     student.to(device).train()
-    if teacher is not None:
+    if teacher is not None and teacher is not student:  # contract v2 "self_live": the student teaches itself
         teacher.to(device).eval().requires_grad_(False)
     use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda")
     autocast_dtype = torch.bfloat16 if use_bf16 else None
@@ -210,15 +216,29 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                         student_backend.sync_weights(student)
                 idx = global_batch_indices(step, tc.batch_size, len(setup.examples), cfg.seed)[dist.rank :: dist.world_size]
                 gen_before = seq_counters.generated_tokens
-                seqs = builder.build([setup.examples[i] for i in idx], source,
-                                     seed=cfg.seed * 1_000_003 + step * 101 + dist.rank)
+                if v2:  # contract v2 (groups, rewards, teacher prompts, row weights): harness/training/rows.py
+                    step_rows, seqs = v2_rows.build_for_step(
+                        objective, builder, setup, [setup.examples[i] for i in idx], source,
+                        seed=cfg.seed * 1_000_003 + step * 101 + dist.rank, pad_id=pad_id,
+                        micro_batch_size=tc.micro_batch_size, dist=dist,
+                        teacher_prompt_limit=tc.max_prompt_tokens + tc.max_response_tokens)
+                else:
+                    seqs = builder.build([setup.examples[i] for i in idx], source,
+                                         seed=cfg.seed * 1_000_003 + step * 101 + dist.rank)
                 n_global = dist.all_reduce_sum(sum(len(s.completion_ids) for s in seqs))
                 t_sequences = time.perf_counter()
 
                 # 2. forward/backward over micro-batches, normalized by the GLOBAL loss-token count
                 loss_sum = entropy_sum = kl_sum = 0.0
                 fwd_tokens = 0
-                for micro in split_micro_batches(seqs, tc.micro_batch_size):
+                t_fwd_tokens = None
+                if v2:
+                    loss_sum, entropy_sum, kl_sum, fwd_tokens, t_fwd_tokens = v2_rows.forward_backward(
+                        objective, sched, step_rows, student=student, teacher=teacher, s_head=s_head, t_head=t_head,
+                        autocast_dtype=autocast_dtype, chunk_size=tc.loss_chunk_size, dist=dist, device=device,
+                        n_global=n_global, loss_fn=_objective_loss)
+                # v1: unchanged (the v2 path above already ran forward/backward)
+                for micro in ([] if v2 else split_micro_batches(seqs, tc.micro_batch_size)):
                     batch = collate(micro, pad_id).to(device)
                     fwd_tokens += batch.n_tokens
                     h_s = loss_hidden_states(student, batch, autocast_dtype)
@@ -256,7 +276,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                 counters["generated_tokens"] += dist.all_reduce_sum(seq_counters.generated_tokens - gen_before)
                 counters["student_forward_tokens"] += dist.all_reduce_sum(fwd_tokens)
                 if t_head is not None:
-                    counters["teacher_forward_tokens"] += dist.all_reduce_sum(fwd_tokens)
+                    counters["teacher_forward_tokens"] += dist.all_reduce_sum(fwd_tokens if t_fwd_tokens is None else t_fwd_tokens)
                 counters["loss_tokens"] += n_global
                 counters["train_wall_time_s"] += dt
                 row = {
@@ -269,6 +289,8 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                     "sequences_s": t_sequences - t0, "forward_backward_s": t_backward - t_sequences,
                     "optimizer_s": time.perf_counter() - t_backward, **sched,
                 }
+                if v2:
+                    row.update(v2_rows.step_telemetry(step_rows, dist))
                 if dist.is_main:
                     telemetry.append(row)
                     trackers.log(row, state.step)
@@ -351,17 +373,21 @@ def sync_rollout_copy(rollout_model: torch.nn.Module, student: torch.nn.Module) 
         dst.copy_(src)
 
 
-def _objective_loss(objective, sched, h_s, s_head, h_t, t_head, targets, chunk_size, autocast_dtype):
-    """Chunked path by default (no [N, V] tensor for both models at once); dense when chunk_size is None."""
+def _objective_loss(objective, sched, h_s, s_head, h_t, t_head, targets, chunk_size, autocast_dtype, rows=None):
+    """Chunked path by default (no [N, V] tensor for both models at once); dense when chunk_size is None.
+
+    ``rows`` (contract v2 only) carries row weights and side information; v1 never passes it.
+    """
     import contextlib
 
     ctx = torch.autocast(h_s.device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+    extra = {} if rows is None else {"rows": rows}
     with ctx:
         if chunk_size is not None:
-            return chunked_loss(objective, sched, h_s, s_head, h_t, t_head, targets, chunk_size=chunk_size)
+            return chunked_loss(objective, sched, h_s, s_head, h_t, t_head, targets, chunk_size=chunk_size, **extra)
         s_logits = s_head(h_s).float()
         t_logits = t_head(h_t).float() if t_head is not None else None
-        return dense_loss(objective, sched, s_logits, t_logits, targets)
+        return dense_loss(objective, sched, s_logits, t_logits, targets, **extra)
 
 
 def _save_final_model(student, tokenizer, model_dir: Path) -> None:
