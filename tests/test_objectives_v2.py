@@ -194,7 +194,7 @@ def test_new_objectives_train_through_the_cli(tiny_model_dir, tmp_path, capsys, 
 def test_reward_objective_on_a_task_without_reward_is_refused_before_loading(tmp_path):
     from harness.errors import ConfigError
     from harness.config import load_run_config
-    from harness.runner import run_training
+    from harness.pipeline import run_training
 
     cfg = _write_cfg(tmp_path, tmp_path / "no-such-model", "kdrl", {}, task="dialogsum")
     with pytest.raises(ConfigError, match="task.name: objective 'kdrl' trains on a task reward.*dialogsum"):
