@@ -109,6 +109,19 @@ def test_shards_share_a_dir_but_not_a_shard_or_a_cell(tmp_path):
                 one.cell_lock("gsm8k__sft__s0").acquire()
 
 
+def test_second_train_into_one_run_dir_exits_2(tiny_model_dir, tmp_path, capsys):
+    from harness.locks import FileLock
+
+    cfg = {"teacher": {"name": str(tiny_model_dir)}, "student": {"name": str(tiny_model_dir)},
+           "task": {"name": "gsm8k"}, "objective": {"name": "sft"}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    with FileLock(out / ".locks" / "train.lock", what=f"run directory {out}"):
+        assert _cli("train", str(path), "--output-dir", str(out), "--max-steps", "1") == 2
+    assert f"run directory {out} is in use by pid {os.getpid()}" in capsys.readouterr().err
+
+
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
     from harness.locks import LOCK_DIRNAME, SuiteLocks
 
