@@ -151,7 +151,7 @@ def test_damaged_checkpoint_restarts_the_run_and_says_so(tiny_model_dir, tmp_pat
     res = _resume(tiny_model_dir, run, cfg)
     events = res.summary["resume_events"]
     assert res.resumed_from_step == 0 and res.steps == 3
-    assert any("model.pt does not match its sha256" in e for e in events), events
+    assert any("model.pt does not match its crc32 checksum" in e for e in events), events
     assert events[-1].startswith("no usable checkpoint left")
     assert _steps(run) == [1, 2, 3]
 
@@ -598,7 +598,7 @@ def test_corrupted_checkpoint_end_to_end(tiny_model_dir, tmp_path, monkeypatch, 
     _corrupt(ckpt / "model.pt")
     monkeypatch.setattr(runner_mod, "run_training", real)
     assert _cli(*args) == 0
-    assert "model.pt does not match its sha256" in capsys.readouterr().err
+    assert "model.pt does not match its crc32 checksum" in capsys.readouterr().err
     cell = json.loads((ckpt.parent.parent / "cell.json").read_text())
     assert cell["status"] == "done"
     assert any("damaged" in e for e in cell["train_events"]) and "restarts from step 0" in cell["train_events"][-1]
