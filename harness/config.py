@@ -324,6 +324,10 @@ class SuiteConfig(StrictModel):
         for sw in self.sweeps:
             if sw.objective not in names:
                 raise ValueError(f"sweep names objective {sw.objective!r}, not in objectives {names}")
+            for v in [sw.param, *sw.values]:  # they become part of a cell's directory name
+                if any(c in str(v) for c in "/\\\0"):
+                    raise ValueError(f"sweep of {sw.objective!r}: {v!r} would put `/`, `\\` or NUL in a cell "
+                                     "directory name; use plain values")
         tasks = {t.name for t in self.tasks}
         for task, per_obj in self.task_objective_params.items():
             if task not in tasks:

@@ -436,6 +436,14 @@ def test_names_must_be_plain_path_components(tmp_path, tiny_model_dir, field, va
         load_suite_config(path)
 
 
+def test_sweep_values_cannot_escape_the_cell_directory(tmp_path, tiny_model_dir):
+    from harness.config import load_suite_config
+
+    raw = _suite_raw(tmp_path, tiny_model_dir, sweeps=[{"objective": "sft", "param": "x", "values": ["../../up"]}])
+    with pytest.raises(ConfigError, match="cell directory name"):
+        load_suite_config(_write_suite(tmp_path, raw))
+
+
 def test_file_source_must_be_a_readable_file(tmp_path, tiny_model_dir):
     from harness.config import load_suite_config
 
