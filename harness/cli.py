@@ -168,8 +168,15 @@ def cmd_train(args) -> int:
     out = Path(args.output_dir or cfg.output_dir)
     from harness.locks import FileLock
 
-    # Two `train`s into one run directory would interleave telemetry and race on checkpoints.
-    with FileLock(out / ".locks" / "train.lock", what=f"run directory {out}"):
+    import contextlib
+    import os
+
+    # Two `train`s into one run directory would interleave telemetry and race on checkpoints. Under
+    # torchrun / accelerate every process runs this verb; only rank 0 writes files, so only it locks
+    # (a second launch's rank 0 then exits 2 and its launcher stops the group).
+    rank0 = os.environ.get("RANK", "0") == "0"
+    lock = FileLock(out / ".locks" / "train.lock", what=f"run directory {out}") if rank0 else contextlib.nullcontext()
+    with lock:
         result = run_training(cfg, out, max_steps=args.max_steps, limit=args.limit, progress=not args.no_progress)
     print(json.dumps({"run_dir": str(result.run_dir), "model_dir": str(result.model_dir), **result.summary}, indent=2, default=str))
     return 0
