@@ -87,6 +87,9 @@ class TaskConfig(StrictModel):
     eval_source: str = Field("auto", description="source name from the task YAML, `file:<path>`, or `auto`")
     train_limit: int | None = Field(None, ge=1)
     eval_limit: int | None = Field(None, ge=1)
+    teacher: "ModelSpec | None" = Field(
+        None, description="this task's teacher (suites only; default: the suite's `teacher`); the paper distils "
+                          "from a teacher fine-tuned on each task")
 
     @field_validator("name")
     @classmethod
@@ -138,6 +141,26 @@ class ObjectiveConfig(StrictModel):
         return self.label or self.name
 
 
+class VLLMEngineConfig(StrictModel):
+    """The colocated vLLM engine's share of the GPU (used only when a backend is `vllm`)."""
+
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, lt=1, description="fraction of the GPU's memory vLLM reserves (weights + KV cache); training "
+                                     "shares the GPU, so leave it room")
+    sleep: bool = Field(False, description="offload the engine's weights to CPU and free its KV cache between "
+                                           "generation phases (more memory for training, slower phase switches)")
+    max_model_len: int | None = Field(None, ge=16, description="longest prompt + completion (default: the model's)")
+
+
+def _check_vllm_backend(field_path: str) -> None:
+    """Refuse `vllm` at config time (not mid-run) when this process cannot run it."""
+    from harness.vllm_backend import INSTALL_HINT, vllm_unavailable_reason
+
+    reason = vllm_unavailable_reason()
+    if reason is not None:
+        raise ValueError(f"{field_path}: vllm needs vLLM and a CUDA GPU: {reason}; {INSTALL_HINT}")
+
+
 class TrainConfig(StrictModel):
     """The standardized training stage's settings; identical for every objective in a suite."""
 
@@ -160,6 +183,10 @@ class TrainConfig(StrictModel):
         "same", description="`same`: the student samples its on-policy rollouts with its training weights (exact); "
                             "`bf16`: a bf16 copy, refreshed before every on-policy step, samples them (half the "
                             "weight bytes per decoded token; samples come from the bf16-rounded policy)")
+    rollout_backend: Literal["hf", "vllm"] = Field(
+        "hf", description="who samples on-policy rollouts: `hf` (model.generate) or `vllm` (a colocated engine "
+                          "fed the student's weights before every on-policy step; CUDA only)")
+    vllm: VLLMEngineConfig = VLLMEngineConfig()
     loss_chunk_size: int | None = Field(
         128, ge=1, description="loss positions per LM-head chunk (peak memory ~ chunk x vocab); null = dense logits")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -167,12 +194,31 @@ class TrainConfig(StrictModel):
     max_nonfinite_in_row: int = Field(5, ge=1)
     cache_teacher_generations: bool = True
     gradient_checkpointing: bool = False
+    log_with: list[str] = Field(
+        default_factory=list, description="also send telemetry to Accelerate's trackers: tensorboard, wandb, mlflow, ... "
+                                          "(telemetry.jsonl is written either way)")
     budget: "TrainBudget | None" = Field(
         None, description="stop every objective when this cost counter reaches the same limit (default: equal "
                           "optimizer steps, hence equal prompts seen, from epochs/max_steps)")
 
+    @field_validator("log_with")
+    @classmethod
+    def _known_trackers(cls, v: list[str]) -> list[str]:
+        if v:
+            from harness.training.trackers import known_trackers
+
+            unknown = [n for n in v if n not in known_trackers()]
+            if unknown:
+                raise ValueError(f"unknown tracker(s) {unknown}; Accelerate knows {known_trackers()}")
+        return v
+
     @model_validator(mode="after")
     def _micro_divides(self) -> "TrainConfig":
+        if self.rollout_backend == "vllm":
+            if self.rollout_precision != "same":
+                raise ValueError("rollout_precision: the vllm rollout backend already samples in bf16; "
+                                 "leave rollout_precision at `same` (the bf16 copy is for the hf backend)")
+            _check_vllm_backend("rollout_backend")
         if self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size}); "
@@ -238,8 +284,21 @@ class JudgeConfig(StrictModel):
 
 class DialogSumConfig(StrictModel):
     max_new_tokens: int = Field(128, ge=1)
-    baseline: Literal["teacher", "student_init", "references"] = "teacher"
+    baseline: Literal["teacher", "student_init", "references", "model"] = Field(
+        "teacher", description="who writes the summaries the judge compares against: the task's teacher (prepared, "
+                               "when the suite prepares teachers), the un-distilled student, the first reference, "
+                               "or `model` (the explicit `baseline_model`)")
+    baseline_model: "ModelSpec | None" = Field(None, description="the baseline's model when `baseline: model`")
     judge: JudgeConfig = JudgeConfig()
+
+    @model_validator(mode="after")
+    def _baseline_model(self) -> "DialogSumConfig":
+        if (self.baseline == "model") != (self.baseline_model is not None):
+            raise ValueError("give `baseline_model` exactly when `baseline: model` (an explicit model writes the "
+                             "baseline summaries)")
+        if self.baseline_model is not None and self.baseline_model.derive_from is not None:
+            raise ValueError("`baseline_model` needs a `name` (a model to load), not `derive_from`")
+        return self
 
 
 class GSM8KConfig(StrictModel):
@@ -252,11 +311,20 @@ class EvalConfig(StrictModel):
     """Evaluation settings shared by every student in a suite."""
 
     batch_size: int = Field(8, ge=1)
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="generation for evaluation: `hf` (model.generate) or `vllm` (CUDA only)")
+    vllm: VLLMEngineConfig = VLLMEngineConfig()
     gsm8k: GSM8KConfig = GSM8KConfig()
     humaneval: HumanEvalConfig = HumanEvalConfig()
     dialogsum: DialogSumConfig = DialogSumConfig()
     diagnostics: bool = True
     diagnostics_limit: int = Field(32, ge=1, description="held-out prompts for teacher-KL / reference CE")
+
+    @model_validator(mode="after")
+    def _backend_usable(self) -> "EvalConfig":
+        if self.backend == "vllm":
+            _check_vllm_backend("backend")
+        return self
 
 
 class RunConfig(StrictModel):
@@ -273,6 +341,27 @@ class RunConfig(StrictModel):
     allow_head_slice: bool = Field(
         False, description="teacher/student LM heads of different sizes that both cover the shared tokenizer "
                            "(e.g. Qwen2-7B 152,064 vs Qwen2-0.5B 151,936 rows): compare only the tokenizer's columns")
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> "RunConfig":
+        if self.task.teacher is not None:
+            raise ValueError("task.teacher is for suites (one teacher per task); a run names its teacher in `teacher:`")
+        return self
+
+
+class TeacherPrepConfig(StrictModel):
+    """Fine-tune each task's teacher on that task's training split before distilling from it.
+
+    Runs the training stage's own `sft` (the same batching, masking, optimizer and checkpoints as
+    every student), once per (teacher, task, settings, data): the result is cached by that content
+    hash and reused by every cell of the task. `lora` trains adapters (merged before saving: the
+    one-GPU route for a 7B teacher); without it the whole teacher is fine-tuned.
+    """
+
+    objective: Literal["sft"] = "sft"
+    lora: LoraSpec | None = None
+    train: TrainConfig = TrainConfig()
+    seed: int = 0
 
 
 class SweepConfig(StrictModel):
@@ -341,6 +430,8 @@ class SuiteConfig(StrictModel):
     allow_head_slice: bool = Field(False, description="see RunConfig.allow_head_slice")
     keep_models: bool = Field(True, description="keep each trained student's HF checkpoint after its cell is evaluated")
     ray: RayConfig = Field(RayConfig(), description="resources, retries and storage under `run --executor ray`")
+    teacher_prep: TeacherPrepConfig | None = Field(
+        None, description="fine-tune each task's teacher on its training split first (cached, shared by the task's cells)")
 
     @field_validator("name")
     @classmethod

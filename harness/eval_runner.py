@@ -28,20 +28,24 @@ def template_hash(task_def) -> str:
 
 def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfig, out_dir: Path, *,
                    data_dir: Path | None, teacher=None, baseline_outputs: dict[str, dict[str, str]] | None = None,
-                   progress: bool = True, seed: int = 0, baseline_name: str | None = None) -> dict[str, Any]:
+                   progress: bool = True, seed: int = 0, baseline_name: str | None = None,
+                   weights_from_checkpoint: bool = False) -> dict[str, Any]:
     """Evaluate `model` on `tasks`; returns {task: aggregate, "diagnostics": {...}}.
 
     `baseline_outputs[task][example_id]` are the baseline's DialogSum summaries for the pairwise
     judge (the suite fills it from the baseline cell); with `dialogsum.baseline: references` the
     first reference is used instead. `baseline_name` (which model wrote those summaries) is
-    recorded in the DialogSum protocol.
+    recorded in the DialogSum protocol. `weights_from_checkpoint`: the model's weights are those of
+    the checkpoint it was loaded from (a teacher or untrained baseline), so a vLLM engine built from
+    that checkpoint needs no weight sync.
     """
     from harness.data import get_task, load_examples
     from harness.runner import prompt_renderer
 
     out_dir = Path(out_dir)
     eval_dir = out_dir / "eval"
-    backend = HFGenerationBackend(model, tokenizer, batch_size=cfg.batch_size, progress=progress)
+    backend = generation_backend(model, tokenizer, cfg, progress=progress, weights_from_checkpoint=weights_from_checkpoint,
+                                 seed=seed)
     results: dict[str, Any] = {}
     diag_rows: dict[str, dict[str, float]] = {}
     for tcfg in tasks:
@@ -81,6 +85,19 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
         results["diagnostics"] = summarize_diagnostics(diag_rows)
         atomic_write_json(eval_dir / "diagnostics.json", results["diagnostics"])
     return results
+
+
+def generation_backend(model, tokenizer, cfg: EvalConfig, *, progress: bool, weights_from_checkpoint: bool,
+                       seed: int = 0, desc: str = "generate"):
+    """The evaluation's generator: HF `generate`, or a vLLM engine holding `model`'s weights."""
+    if cfg.backend != "vllm":
+        return HFGenerationBackend(model, tokenizer, batch_size=cfg.batch_size, progress=progress, desc=desc)
+    from harness.vllm_backend import VLLMGenerationBackend
+
+    return VLLMGenerationBackend.for_model(
+        model, tokenizer, gpu_memory_utilization=cfg.vllm.gpu_memory_utilization, sleep=cfg.vllm.sleep,
+        max_model_len=cfg.vllm.max_model_len, seed=seed, sync="checkpoint" if weights_from_checkpoint else "now",
+        progress=progress, desc=desc)
 
 
 def summarize_diagnostics(per_task: dict[str, dict[str, float]]) -> dict[str, Any]:
@@ -125,17 +142,15 @@ def _eval_gsm8k(backend, examples, prompts, task_def, cfg: EvalConfig, model, to
                      "excluded_no_gold_answer": len(rows) - n},
     }
     if "lm_eval" in cfg.gsm8k.protocols:
-        from harness.errors import DataError
-        from harness.evaluation.gsm8k_lm_eval import run_lm_eval_gsm8k
+        from harness.evaluation.gsm8k_lm_eval import lm_eval_data_source, run_lm_eval_gsm8k
 
-        gsm_dir = Path(data_dir) / "gsm8k" if data_dir else None
-        if gsm_dir is None or not (gsm_dir / "test.jsonl").is_file():
-            raise DataError("the lm_eval GSM8K protocol reads gsm8k/test.jsonl and gsm8k/train.jsonl (5-shot examples) "
-                            "from the data directory: set --data-dir / DISTILL_BENCH_DATA_DIR, or drop `lm_eval` from "
-                            "eval.gsm8k.protocols")
+        # Same source resolution as the paper protocol above: Hub when the task reads the Hub,
+        # local GSM8K files when it reads those.
+        kind, gsm_dir = lm_eval_data_source(tcfg.eval_source, data_dir)
         # lm-eval's own 5-shot protocol on the same (seeded) limit of test questions.
         agg["lm_eval"] = run_lm_eval_gsm8k(model, tokenizer, data_dir=gsm_dir, limit=tcfg.eval_limit,
-                                           batch_size=cfg.batch_size, num_fewshot=cfg.gsm8k.lm_eval_num_fewshot)
+                                           batch_size=cfg.batch_size, num_fewshot=cfg.gsm8k.lm_eval_num_fewshot,
+                                           source=kind)
     return agg, rows
 
 
@@ -246,15 +261,17 @@ def dialogsum_params(task_def, cfg: EvalConfig) -> GenerationParams:
 
 
 def generate_dialogsum_summaries(model, tokenizer, task_cfg: TaskConfig, cfg: EvalConfig, data_dir: Path | None,
-                                 progress: bool = True) -> dict[str, str]:
-    """Greedy summaries keyed by example id (the pairwise judge's baseline side)."""
+                                 progress: bool = True, weights_from_checkpoint: bool = True) -> dict[str, str]:
+    """Greedy summaries keyed by example id (the pairwise judge's baseline side; baselines are
+    loaded from their checkpoints, so a vLLM engine needs no weight sync by default)."""
     from harness.data import get_task, load_examples
     from harness.runner import prompt_renderer
 
     task_def = get_task("dialogsum")
     examples = load_examples(task_def, "eval", source=task_cfg.eval_source, limit=task_cfg.eval_limit, data_dir=data_dir, seed=0)
     render = prompt_renderer(task_def, tokenizer)
-    backend = HFGenerationBackend(model, tokenizer, batch_size=cfg.batch_size, progress=progress, desc="baseline summaries")
+    backend = generation_backend(model, tokenizer, cfg, progress=progress,
+                                 weights_from_checkpoint=weights_from_checkpoint, desc="baseline summaries")
     outs = backend.generate([render(ex) for ex in examples], dialogsum_params(task_def, cfg))
     return {ex.id: o.text.strip() for ex, o in zip(examples, outs)}
 

@@ -167,7 +167,8 @@ def run_evaluation_cli(args) -> None:
     if dialogsum is not None and eval_cfg.dialogsum.baseline != "references":
         from harness.eval_runner import generate_dialogsum_summaries
 
-        base_spec = validate(ModelSpec, {"name": args.baseline_model}, "--baseline-model") if args.baseline_model else teacher_spec
+        base_spec = (validate(ModelSpec, {"name": args.baseline_model}, "--baseline-model") if args.baseline_model
+                     else eval_cfg.dialogsum.baseline_model or teacher_spec)
         if base_spec is None:
             raise ConfigError("DialogSum win-rate needs a baseline: pass --baseline-model MODEL, a `teacher:` in --config, "
                               "or eval.dialogsum.baseline=references")
@@ -177,7 +178,8 @@ def run_evaluation_cli(args) -> None:
         del base_model
     results = evaluate_model(model, tok, task_cfgs, eval_cfg, Path(args.output_dir), data_dir=data_dir,
                              teacher=teacher, baseline_outputs=baseline_outputs, progress=not args.no_progress,
-                             baseline_name=(base_spec.name or str(base_spec)) if base_spec is not None else None)
+                             baseline_name=(base_spec.name or str(base_spec)) if base_spec is not None else None,
+                             weights_from_checkpoint=True)
     import json
 
     print(json.dumps(results, indent=2, default=str))

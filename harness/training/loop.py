@@ -28,6 +28,7 @@ from harness.training.forward import lm_head, loss_hidden_states, sliced_head
 from harness.training.schedules import build_scheduler
 from harness.training.sequences import SequenceBuilder, SequenceCounters, TeacherGenerationCache
 from harness.training.telemetry import PeakMemory, TelemetryLog
+from harness.training.trackers import Trackers
 from objectives.base import Objective, SequenceSource, TeacherSignal, build_objective
 from objectives.engine import chunked_loss, dense_loss
 
@@ -141,6 +142,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
 
     # --- resume ----------------------------------------------------------------------------------
     telemetry = TelemetryLog(run_dir)
+    trackers = Trackers(tc.log_with, run_dir, run_dir.name, cfg.model_dump(mode="json"), enabled=dist.is_main)
     # Only a checkpoint that matches its manifest is resumed from; damaged ones are discarded and
     # the reason goes into the summary (`resume_events`), so a fallback is never silent.
     resumed = load_latest(run_dir, student, optimizer, scheduler, live_telemetry=telemetry.path, owner=dist.is_main)
@@ -161,10 +163,13 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                                stop=tuple(setup.stop), max_prompt_tokens=tc.max_prompt_tokens)
     seq_counters = SequenceCounters()
     rollout_model = bf16_rollout_copy(student) if tc.rollout_precision == "bf16" else None
+    # The vLLM engine is built at the first on-policy step, so objectives that never roll out never start one.
+    student_backend = None if tc.rollout_backend == "vllm" else HFGenerationBackend(
+        rollout_model or student, tok, batch_size=tc.micro_batch_size)
     builder = SequenceBuilder(
         tokenizer=tok, render=setup.render_prompt, max_prompt_tokens=tc.max_prompt_tokens,
         max_response_tokens=tc.max_response_tokens, rollout=rollout,
-        student_backend=HFGenerationBackend(rollout_model or student, tok, batch_size=tc.micro_batch_size),
+        student_backend=student_backend,
         teacher_backend=HFGenerationBackend(teacher, tok, batch_size=tc.micro_batch_size) if teacher is not None else None,
         teacher_cache=(TeacherGenerationCache(setup.teacher_cache_path, setup.teacher_key)
                        if tc.cache_teacher_generations and setup.teacher_cache_path else None),
@@ -197,8 +202,13 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                 source = pick_source(objective.source_mix(step / max(total_steps - 1, 1)), cfg.seed, step)
 
                 # 1. this process's share of the global batch, as token sequences
-                if rollout_model is not None and source is SequenceSource.STUDENT:
-                    sync_rollout_copy(rollout_model, student)  # sample from the current policy
+                if source is SequenceSource.STUDENT:  # sample from the current policy
+                    if rollout_model is not None:
+                        sync_rollout_copy(rollout_model, student)
+                    if tc.rollout_backend == "vllm":
+                        if student_backend is None:
+                            student_backend = builder.student_backend = vllm_rollout_backend(cfg, student, tok, dist)
+                        student_backend.sync_weights(student)
                 idx = global_batch_indices(step, tc.batch_size, len(setup.examples), cfg.seed)[dist.rank :: dist.world_size]
                 gen_before = seq_counters.generated_tokens
                 seqs = builder.build([setup.examples[i] for i in idx], source,
@@ -262,6 +272,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                 }
                 if dist.is_main:
                     telemetry.append(row)
+                    trackers.log(row, state.step)
                 state.telemetry_rows = telemetry.rows if dist.is_main else state.step
                 state.counters = counters
                 if bar is not None:
@@ -285,6 +296,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                     break
     finally:
         _restore_sigint(previous_handler)
+        trackers.finish()
         if bar is not None:
             bar.close()
 
@@ -296,7 +308,8 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
         "teacher_signal": signal_needed.value, "loss_chunk_size": tc.loss_chunk_size,
         "stopped_by_budget": budget_spent() and state.step < total_steps,
         "budget": budget.model_dump() if budget is not None else None,
-        "precision": "bf16" if use_bf16 else "fp32", **{k: counters[k] for k in counters},
+        "precision": "bf16" if use_bf16 else "fp32", "rollout_backend": tc.rollout_backend,
+        "rollout_weight_syncs": getattr(student_backend, "syncs", None), **{k: counters[k] for k in counters},
         "resume_events": resumed.events,
     }
     finished = state.step >= total_steps or budget_spent()
@@ -306,6 +319,17 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
         atomic_write_json(run_dir / SUMMARY_FILENAME, summary)
     dist.barrier()
     return TrainResult(run_dir, model_dir, state.step, total_steps, resumed_from, summary, student)
+
+
+def vllm_rollout_backend(cfg: RunConfig, student, tok, dist: DistContext):
+    """A colocated vLLM engine for the student's architecture; the loop pushes the weights into it
+    before every on-policy step (resumed runs included), so nothing is pushed here."""
+    from harness.vllm_backend import VLLMGenerationBackend
+
+    v = cfg.train.vllm
+    return VLLMGenerationBackend.for_model(
+        student, tok, gpu_memory_utilization=v.gpu_memory_utilization, sleep=v.sleep, max_model_len=v.max_model_len,
+        seed=cfg.seed * 1_000 + dist.rank, world_size=dist.world_size, sync="caller")
 
 
 def bf16_rollout_copy(student: torch.nn.Module) -> torch.nn.Module | None:
