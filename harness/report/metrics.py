@@ -20,8 +20,10 @@ VERDICT_SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}  # "malformed" is left out
 
 
 def _binary(name: str) -> Callable[[Records], Scores]:
+    # A row whose field is None was not scored (e.g. GSM8K without a gold answer): left out, as in the
+    # evaluator's denominator.
     def scores(rows: Records) -> Scores:
-        return {str(r["id"]): 1.0 if r.get(name) else 0.0 for r in rows if "id" in r}
+        return {str(r["id"]): 1.0 if r.get(name) else 0.0 for r in rows if "id" in r and r.get(name) is not None}
 
     return scores
 

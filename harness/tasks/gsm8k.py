@@ -26,14 +26,19 @@ def score(ctx: ScoreContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     for ex, prompt, out in zip(ctx.examples, ctx.prompts, ctx.outputs):
         pred = extract_answer(out.text)
         target = ex.answer
-        correct = pred is not None and target is not None and answers_match(pred, target)
+        # An example without a gold answer cannot be scored: its row says so (correct None) and it is
+        # left out of the denominator instead of counting as wrong; the protocol records how many.
+        correct = None if target is None else (pred is not None and answers_match(pred, target))
         rows.append({"id": ex.id, "prompt": prompt, "output": out.text, "extracted": pred, "target": target,
-                     "correct": bool(correct), "finish_reason": out.finish_reason, "output_tokens": len(out.token_ids)})
-    n = len(rows)
+                     "correct": correct if correct is None else bool(correct), "finish_reason": out.finish_reason,
+                     "output_tokens": len(out.token_ids)})
+    scored = [r for r in rows if r["correct"] is not None]
+    n = len(scored)
     agg: dict[str, Any] = {
-        "accuracy": sum(r["correct"] for r in rows) / n if n else float("nan"), "n": n,
-        "mean_length": sum(r["output_tokens"] for r in rows) / n if n else float("nan"),
-        "protocol": {"name": "paper", "protocols": list(ctx.eval_cfg.gsm8k.protocols)},
+        "accuracy": sum(r["correct"] for r in scored) / n if n else float("nan"), "n": n,
+        "mean_length": sum(r["output_tokens"] for r in rows) / len(rows) if rows else float("nan"),
+        "protocol": {"name": "paper", "protocols": list(ctx.eval_cfg.gsm8k.protocols),
+                     "excluded_no_gold_answer": len(rows) - n},
     }
     if "lm_eval" in ctx.eval_cfg.gsm8k.protocols:
         agg["lm_eval"] = _lm_eval(ctx)
