@@ -109,7 +109,8 @@ def pick_prompts(tok, quick: bool, n: int, target_tokens: int) -> list[tuple[str
 # Workers
 # ---------------------------------------------------------------------------------------------
 def run_ours(objective: str, teacher, student, tok, prompts, steps: int, max_new_tokens: int, tmp: Path,
-             chunk_size: int | None, rollout_precision: str = "same", precision: str = "fp32") -> dict:
+             chunk_size: int | None, rollout_precision: str = "same", precision: str = "fp32",
+             micro_batch: int | None = None) -> dict:
     from harness.config import RunConfig
     from harness.training import loop as L
     from harness.training.telemetry import TelemetryLog
@@ -120,7 +121,7 @@ def run_ours(objective: str, teacher, student, tok, prompts, steps: int, max_new
             self.references, self.answer, self.fields, self.meta = [response], None, {}, {}
 
     examples = [Ex(i, p, r) for i, (p, r) in enumerate(prompts)]
-    train = dict(lr=1e-5, epochs=steps, max_steps=steps, batch_size=len(prompts), micro_batch_size=len(prompts),
+    train = dict(lr=1e-5, epochs=steps, max_steps=steps, batch_size=len(prompts), micro_batch_size=micro_batch or len(prompts),
                  lr_schedule="constant", warmup_ratio=0.0, weight_decay=0.0, grad_clip=1.0, max_prompt_tokens=512,
                  max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, precision=precision,
                  checkpoint_every=10_000, cache_teacher_generations=False)
@@ -236,7 +237,7 @@ def _step_stats(t0: float, ends, tokens, completion, batch: int, mem: PeakRSS) -
 
 def worker(framework: str, objective: str, steps: int, max_new_tokens: int, prompt_tokens: int, batch: int,
            quick: bool, chunk_size: int | None, threads: int | None, rollout_precision: str = "same",
-           precision: str = "fp32") -> dict:
+           precision: str = "fp32", micro_batch: int | None = None) -> dict:
     import torch
 
     if threads:
@@ -249,12 +250,12 @@ def worker(framework: str, objective: str, steps: int, max_new_tokens: int, prom
         prompt_lens = [len(tok(p, add_special_tokens=False)["input_ids"]) for p, _ in prompts]
         if framework == "ours":
             stats = run_ours(objective, teacher, student, tok, prompts, steps, max_new_tokens, tmp, chunk_size,
-                             rollout_precision, precision)
+                             rollout_precision, precision, micro_batch)
         else:
             stats = run_trl(TRL_BETA[objective], teacher, student, tok, prompts, steps, max_new_tokens, tmp, precision)
     return {"framework": framework, "objective": objective, "trl_beta": TRL_BETA[objective] if framework == "trl" else None,
             "steps": steps, "batch": batch, "prompt_lens": prompt_lens, "max_new_tokens": max_new_tokens,
-            "threads": torch.get_num_threads(), "precision": precision, "rollout_precision": rollout_precision if framework == "ours" else None,
+            "threads": torch.get_num_threads(), "precision": precision, "micro_batch": micro_batch, "rollout_precision": rollout_precision if framework == "ours" else None,
             **stats}
 
 
@@ -275,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="both sides: our TrainConfig.precision (bf16 autocast) and TRL's bf16=True (weights stay fp32)")
     p.add_argument("--rollout-precision", choices=["same", "bf16"], default="same",
                    help="our TrainConfig.rollout_precision (TRL always samples with its fp32 weights)")
+    p.add_argument("--micro-batch", type=int, help="our TrainConfig.micro_batch_size (default: --batch; TRL: always --batch)")
+    p.add_argument("--frameworks", nargs="+", default=["ours", "trl"], choices=["ours", "trl"],
+                   help="`ours` alone measures our stage against itself across code versions")
     p.add_argument("--quick", action="store_true", help="tiny random models, 2 steps, 1 round")
     p.add_argument("--inprocess", action="store_true", help="no subprocesses (tests; memory not isolated)")
     p.add_argument("--out", help="JSON path (default bench/results/train_step.json)")
@@ -283,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.steps, args.repeats, args.max_new_tokens = min(args.steps, 3), 1, min(args.max_new_tokens, 8)
     wargs = (args.steps, args.max_new_tokens, args.prompt_tokens, args.batch, args.quick, args.chunk_size, args.threads,
-             args.rollout_precision, args.precision)
+             args.rollout_precision, args.precision, args.micro_batch)
     if args.worker:
         emit(worker(args.worker[0], args.worker[1], *wargs))
         return 0
@@ -296,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.repeats):
         jobs: list[tuple[str, str]] = []
         for obj in args.objectives:
-            jobs.append(("ours", obj))
-            if not any(f == "trl" and TRL_BETA[o] == TRL_BETA[obj] for f, o in jobs):
+            if "ours" in args.frameworks:
+                jobs.append(("ours", obj))
+            if "trl" in args.frameworks and not any(f == "trl" and TRL_BETA[o] == TRL_BETA[obj] for f, o in jobs):
                 jobs.append(("trl", obj))
         if r % 2:
             jobs.reverse()
@@ -310,12 +315,27 @@ def main(argv: list[str] | None = None) -> int:
                 cli += (["--quick"] if args.quick else []) + (["--chunk-size", str(args.chunk_size)] if args.chunk_size else [])
                 cli += ["--threads", str(args.threads)] if args.threads else []
                 cli += ["--rollout-precision", args.rollout_precision, "--precision", args.precision]
+                cli += ["--micro-batch", str(args.micro_batch)] if args.micro_batch else []
                 row = run_worker(__file__, cli)
             row["round"] = r
             rows.append(row)
             print(f"  round {r} {fw:<5}{obj:<14} {row['tokens_per_s']:8.1f} tok/s  step {row['step_time_median_s']:6.2f} s  "
                   f"peak {row['peak_bytes'] / MIB:7.0f} MiB  completion {row['mean_completion_len']:.1f}",
                   file=sys.stderr, flush=True)
+
+    if "trl" not in args.frameworks:  # no peer: per-run figures only (before/after comparisons of our stage)
+        for row in rows:
+            ph = row.get("phase_median_s") or {}
+            print(f"ours {row['objective']} batch {row['batch']} micro {row['micro_batch'] or row['batch']}: "
+                  f"{row['tokens_per_s']:.1f} tok/s, step {row['step_time_median_s']:.2f} s, sequences/rollout "
+                  f"{ph.get('sequences_s', float('nan')):.2f} s, forward+backward {ph.get('forward_backward_s', float('nan')):.2f} s, "
+                  f"completion {row['mean_completion_len']:.1f}")
+        info["loadavg_end"] = loadavg()
+        path = write_json(out_path(args.out, "train_step.json"), {
+            "benchmark": "train_step", "machine": info, "versions": versions("torch", "transformers"),
+            "config": {k: v for k, v in vars(args).items() if k not in ("worker", "out")}, "rows": rows})
+        print(f"wrote {path}")
+        return 0
 
     summary = []
     for obj in args.objectives:

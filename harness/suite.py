@@ -152,8 +152,14 @@ def environment_info() -> dict[str, Any]:
 class SuiteRunner:
     """Runs the cells of one suite into results/NAME and rebuilds the leaderboard."""
 
-    def __init__(self, cfg: SuiteConfig, results_root: Path, *, data_dir: str | None = None, progress: bool = True):
+    def __init__(self, cfg: SuiteConfig, results_root: Path, *, data_dir: str | None = None, progress: bool = True,
+                 dist=None):
+        from harness.training.distributed import init_distributed
+
         self.cfg = cfg
+        # Under torchrun every rank runs every cell: training is data-parallel across ranks; rank 0
+        # alone evaluates and writes (one writer per file), the others wait for it at a barrier.
+        self.dist = dist or init_distributed()
         self.results_dir = Path(results_root) / cfg.name
         self.data_dir = data_dir or cfg.data_dir
         self.progress = progress
@@ -218,11 +224,12 @@ class SuiteRunner:
     def run(self, cells: list[Cell]) -> None:
         from tqdm.auto import tqdm
 
-        todo = [c for c in cells if not self.is_done(c)]
+        # Rank 0's view of what is finished, so every rank walks the same cells in the same order.
+        todo = self.dist.broadcast_object([c for c in cells if not self.is_done(c)])
         skipped = len(cells) - len(todo)
-        if skipped:
+        if skipped and self.dist.is_main:
             print(f"{skipped} finished cells skipped (results in {self.results_dir / 'cells'})")
-        bar = tqdm(todo, desc=f"suite {self.cfg.name}", unit="cell", disable=not self.progress)
+        bar = tqdm(todo, desc=f"suite {self.cfg.name}", unit="cell", disable=not self.progress or not self.dist.is_main)
         for cell in bar:
             bar.set_postfix_str(cell.cell_id)
             self.run_cell(cell)
@@ -241,6 +248,9 @@ class SuiteRunner:
         data_dir = resolve_data_dir(self.data_dir)
         teacher, teacher_tok = self.teacher()
         train_summary: dict[str, Any] = {}
+        if cell.kind == "baseline" and not self.dist.is_main:
+            self.dist.barrier()  # rank 0 evaluates the baseline alone
+            return {}
         if cell.kind == "baseline":
             if cell.objective == "teacher":
                 model, tok = teacher, teacher_tok
@@ -255,6 +265,9 @@ class SuiteRunner:
                                   save_model=self.cfg.keep_models)
             train_summary = result.summary
             model, tok = result.student, teacher_tok
+            if not self.dist.is_main:
+                self.dist.barrier()  # rank 0 evaluates the trained student and records the cell
+                return {}
         t_eval = time.perf_counter()
         eval_task = task_cfg
         baseline_outputs = self.baseline_outputs(cell.task)
@@ -279,6 +292,8 @@ class SuiteRunner:
                 "peak_memory_bytes": train_summary.get("peak_memory_bytes", 0),
             },
             "stability": stability_summary(telemetry) if telemetry.exists() else {},
+            # Provenance: processes that trained this cell (data parallel) and that evaluated it.
+            "world_size": {"train": int(train_summary.get("world_size", 1)) if cell.kind == "trained" else 0, "eval": 1},
             "metrics": metrics,
             "telemetry": str(telemetry.relative_to(cdir)) if telemetry.exists() else None,
         }
@@ -289,6 +304,7 @@ class SuiteRunner:
             shutil.copyfile(telemetry, cdir / "telemetry.jsonl")
         atomic_write_json(cdir / "cell.json", record)
         self._prune_cell_files(cdir)
+        self.dist.barrier()
         return record
 
     def _prune_cell_files(self, cdir: Path) -> None:
@@ -384,9 +400,16 @@ def run_suite_cli(args) -> int:
         print_plan(cfg, cells, len(all_cells))
         return 0
     t0 = time.perf_counter()
-    runner = SuiteRunner(cfg, Path(args.results_dir), data_dir=args.data_dir, progress=not args.no_progress)
-    runner.write_snapshot(cells)
+    from harness.training.distributed import init_distributed
+
+    dist = init_distributed()  # before any model load: each rank on its own device
+    runner = SuiteRunner(cfg, Path(args.results_dir), data_dir=args.data_dir, progress=not args.no_progress, dist=dist)
+    if dist.is_main:
+        runner.write_snapshot(cells)
+    dist.barrier()
     runner.run(cells)
+    if not dist.is_main:
+        return 0
     from harness.report import build_report
 
     files = build_report(runner.results_dir, Path(args.leaderboards_dir), name=cfg.name)
