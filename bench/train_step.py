@@ -128,6 +128,10 @@ def run_ours(objective: str, teacher, student, tok, prompts, steps: int, max_new
     if chunk_size is not None:
         train["loss_chunk_size"] = chunk_size
     train["rollout_precision"] = rollout_precision
+    from harness.config import TrainConfig
+
+    if "checkpoint_every_s" in TrainConfig.model_fields:  # no timed checkpoint inside a slow benchmark run
+        train["checkpoint_every_s"] = None
     cfg = RunConfig(teacher={"name": TEACHER}, student={"name": TEACHER}, task={"name": "gsm8k"},
                     objective={"name": objective, "params": {}}, train=train, seed=0)
     setup = L.TrainingSetup(teacher=teacher, student=student, tokenizer=tok, examples=examples,
