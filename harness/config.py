@@ -277,6 +277,45 @@ class SweepConfig(StrictModel):
     values: list[Any] = Field(..., min_length=1)
 
 
+class CellResources(StrictModel):
+    """What one cell's Ray task asks the cluster for (`--executor ray`; the local executor ignores it)."""
+
+    num_cpus: float = Field(1, ge=0, description="CPU cores reserved for the cell's task")
+    num_gpus: float | Literal["auto"] = Field(
+        "auto", description="GPUs for the cell; `auto`: 1 when the cluster has GPUs, else 0. N > 1 trains "
+                            "data-parallel over N processes inside the task")
+    memory_gb: float | None = Field(None, gt=0, description="host memory reserved (GiB); None: no reservation")
+    processes: int | None = Field(
+        None, ge=1, description="training processes inside the task (data parallel); default: the GPU count "
+                                "when it is > 1, else 1. On CPU, N processes use gloo")
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _gpus(cls, v: float | str) -> float | str:
+        if v != "auto" and (v < 0 or (v > 1 and v != int(v))):
+            raise ValueError("num_gpus is `auto`, a fraction in [0, 1], or a whole number of GPUs")
+        return v
+
+
+class RayConfig(StrictModel):
+    """Settings of the Ray executor. They change where and how cells run, never their results."""
+
+    trained: CellResources = CellResources(num_cpus=1)
+    baseline: CellResources = CellResources(num_cpus=1)
+    per_objective: dict[str, CellResources] = Field(
+        default_factory=dict, description="resources for one objective label's cells, replacing `trained`")
+    max_retries: int = Field(
+        2, ge=0, le=20, description="retries of a cell whose worker or node was lost; each resumes from the checkpoint")
+    error_retries: int = Field(
+        1, ge=0, le=5, description="retries of a cell that raised an error of its own before it is reported "
+                                   "failed (configuration and data errors are never retried)")
+    storage: Literal["auto", "shared", "return"] = Field(
+        "auto", description="shared: workers write results/ directly; return: workers send a cell's files to the "
+                            "driver, which writes them; auto: shared where the worker can reach results/, else return")
+    scratch_dir: str | None = Field(
+        None, description="worker-local directory for cells in `return` storage (default: the system temp dir)")
+
+
 class SuiteConfig(StrictModel):
     """A comparison: every objective x task x seed (x sweep value) trained and evaluated identically."""
 
@@ -297,6 +336,7 @@ class SuiteConfig(StrictModel):
     data_dir: str | None = None
     allow_head_slice: bool = Field(False, description="see RunConfig.allow_head_slice")
     keep_models: bool = Field(True, description="keep each trained student's HF checkpoint after its cell is evaluated")
+    ray: RayConfig = Field(RayConfig(), description="resources, retries and storage under `run --executor ray`")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "SuiteConfig":
@@ -314,6 +354,9 @@ class SuiteConfig(StrictModel):
             for obj in per_obj:
                 if obj not in names:
                     raise ValueError(f"task_objective_params.{task} names objective {obj!r}, not in {names}")
+        for obj in self.ray.per_objective:
+            if obj not in names:
+                raise ValueError(f"ray.per_objective names objective {obj!r}, not in {names}")
         return self
 
 

@@ -15,11 +15,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
-from harness.config import RunConfig, SuiteConfig, TaskConfig, dump_yaml, load_suite_config
+from harness.config import ModelSpec, RunConfig, SuiteConfig, TaskConfig, dump_yaml, load_suite_config
 from harness.errors import ConfigError
 from harness.io import atomic_write_json, atomic_write_text, read_json
 
@@ -106,6 +106,19 @@ def estimate_cost(cfg: SuiteConfig, cell: Cell, n_train: int | None) -> dict[str
         "prompts_seen": steps * cfg.train.batch_size,
         "max_rollout_tokens": int(steps * cfg.train.batch_size * cfg.train.max_new_tokens * gen_frac),
     }
+
+
+def longest_first(cfg: SuiteConfig, cells: list[Cell]) -> list[Cell]:
+    """Cells ordered by the plan's cost estimate, most work first (ties keep plan order), so the
+    longest cells start early and short ones fill the gaps at the end. Rollout tokens rank first:
+    sequential decoding dominates a cell's time; then prompts seen (forward/backward work)."""
+    limits = {t.name: t.train_limit for t in cfg.tasks}
+
+    def key(cell: Cell) -> tuple[int, int]:
+        est = estimate_cost(cfg, cell, limits.get(cell.task))
+        return (est["max_rollout_tokens"], est["prompts_seen"])
+
+    return sorted(cells, key=key, reverse=True)
 
 
 def print_plan(cfg: SuiteConfig, cells: list[Cell], all_cells: int) -> None:
@@ -235,6 +248,18 @@ class SuiteRunner:
             self.run_cell(cell)
 
     def run_cell(self, cell: Cell) -> dict[str, Any]:
+        """Compute one cell and commit its result (the local executor; Ray commits on the driver)."""
+        record = self.compute_cell(cell)
+        if self.dist.is_main:  # one writer under torchrun
+            self.commit_cell(cell, record)
+        self.dist.barrier()
+        return record
+
+    def compute_cell(self, cell: Cell, *, baseline_outputs: dict[str, dict[str, str]] | None = None,
+                     processes: int = 1) -> dict[str, Any]:
+        """Train (unless a baseline) and evaluate one cell into its directory; return the record for
+        cell.json without writing it. `baseline_outputs` are the DialogSum baseline summaries when the
+        caller already has them; `processes` > 1 trains data-parallel in that many child processes."""
         import torch
 
         from harness.eval_runner import evaluate_model
@@ -249,8 +274,7 @@ class SuiteRunner:
         teacher, teacher_tok = self.teacher()
         train_summary: dict[str, Any] = {}
         if cell.kind == "baseline" and not self.dist.is_main:
-            self.dist.barrier()  # rank 0 evaluates the baseline alone
-            return {}
+            return {}  # rank 0 evaluates the baseline alone; run_cell's barrier waits for it
         if cell.kind == "baseline":
             if cell.objective == "teacher":
                 model, tok = teacher, teacher_tok
@@ -261,16 +285,24 @@ class SuiteRunner:
                                 objective={"name": cell.objective, "label": cell.label, "params": cell.params},
                                 train=self.cfg.train, seed=cell.seed, output_dir=str(cdir / "train"),
                                 data_dir=str(data_dir) if data_dir else None, allow_head_slice=self.cfg.allow_head_slice)
-            result = run_training(run_cfg, cdir / "train", progress=self.progress, teacher=teacher,
-                                  save_model=self.cfg.keep_models)
-            train_summary = result.summary
-            model, tok = result.student, teacher_tok
+            if processes > 1:
+                from harness.dp_launch import train_data_parallel
+
+                train_summary, model_dir = train_data_parallel(run_cfg, cdir / "train", processes)
+                model, _ = load_model(ModelSpec(name=str(model_dir)), dtype=torch.float32, device=str(pick_device()))
+            else:
+                # Under torchrun every rank is in here together: data-parallel training.
+                result = run_training(run_cfg, cdir / "train", progress=self.progress, teacher=teacher,
+                                      save_model=self.cfg.keep_models)
+                train_summary = result.summary
+                model = result.student
+            tok = teacher_tok
             if not self.dist.is_main:
-                self.dist.barrier()  # rank 0 evaluates the trained student and records the cell
-                return {}
+                return {}  # rank 0 evaluates the trained student; run_cell's barrier waits for it
         t_eval = time.perf_counter()
         eval_task = task_cfg
-        baseline_outputs = self.baseline_outputs(cell.task)
+        if baseline_outputs is None:
+            baseline_outputs = self.baseline_outputs(cell.task)
         metrics = evaluate_model(model, tok, [eval_task], self.cfg.eval, cdir, data_dir=data_dir, teacher=teacher,
                                  baseline_outputs=baseline_outputs, progress=self.progress, seed=cell.seed,
                                  baseline_name=self._baseline_name())
@@ -302,10 +334,14 @@ class SuiteRunner:
             import shutil
 
             shutil.copyfile(telemetry, cdir / "telemetry.jsonl")
-        atomic_write_json(cdir / "cell.json", record)
-        self._prune_cell_files(cdir)
-        self.dist.barrier()
         return record
+
+    def commit_cell(self, cell: Cell, record: dict[str, Any]) -> None:
+        """The cell's commit point: cell.json written atomically, once, after every other file."""
+        cdir = self.cell_dir(cell)
+        atomic_write_json(cdir / "cell.json", record)
+        if record.get("status") == "done":
+            self._prune_cell_files(cdir)
 
     def _prune_cell_files(self, cdir: Path) -> None:
         """A finished cell no longer needs its resume checkpoint (optimizer state: ~3x the model)."""
@@ -320,9 +356,18 @@ class SuiteRunner:
         """The baseline's DialogSum summaries, generated once per results dir and shared by all cells/shards."""
         if task != "dialogsum" or self.cfg.eval.dialogsum.baseline == "references":
             return None
-        path = self.results_dir / "baseline_outputs" / f"dialogsum-{self.cfg.eval.dialogsum.baseline}.json"
+        path = self.baseline_outputs_path()
         if path.exists():
             return {"dialogsum": read_json(path)}
+        summaries = self.generate_baseline_summaries()
+        atomic_write_json(path, summaries)
+        return {"dialogsum": summaries}
+
+    def baseline_outputs_path(self) -> Path:
+        return self.results_dir / "baseline_outputs" / f"dialogsum-{self.cfg.eval.dialogsum.baseline}.json"
+
+    def generate_baseline_summaries(self) -> dict[str, str]:
+        """Generate the DialogSum baseline's summaries (no file is written)."""
         import torch
 
         from harness.eval_runner import generate_dialogsum_summaries
@@ -335,16 +380,14 @@ class SuiteRunner:
             model, tok = self.teacher()
         else:
             model, tok = load_model(self.cfg.student, teacher=self.cfg.teacher, dtype=torch.float32, device=str(pick_device()))
-        summaries = generate_dialogsum_summaries(model, tok, task_cfg, self.cfg.eval, resolve_data_dir(self.data_dir),
-                                                 progress=self.progress)
-        atomic_write_json(path, summaries)
-        return {"dialogsum": summaries}
+        return generate_dialogsum_summaries(model, tok, task_cfg, self.cfg.eval, resolve_data_dir(self.data_dir),
+                                            progress=self.progress)
 
 
 # Fields that only enumerate cells: they may grow between runs into one results directory.
 _MATRIX_FIELDS = ("tasks", "objectives", "task_objective_params", "seeds", "sweeps", "baselines")
 # Fields that change no result.
-_COSMETIC_FIELDS = ("description", "keep_models")
+_COSMETIC_FIELDS = ("description", "keep_models", "ray")
 
 
 def snapshot_conflicts(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -390,8 +433,10 @@ def stability_summary(telemetry_path: Path) -> dict[str, Any]:
             "nonfinite_steps": sum(1 for r in rows if r.get("nonfinite")), "steps": len(rows)}
 
 
-def run_suite_cli(args) -> int:
-    """`distill-bench run [SUITE] [overrides] [--dry-run] [--shard i/n]`."""
+def run_suite_cli(args, execute: Callable[["SuiteRunner", list[Cell]], dict[str, str]] | None = None) -> int:
+    """`distill-bench run [SUITE] [overrides] [--dry-run] [--shard i/n]`. `execute(runner, cells)`
+    runs the cells elsewhere (the Ray executor) and returns {cell_id: error} of failed ones;
+    default: `runner.run(cells)` here."""
     path = resolve_suite_path(args.suite)
     cfg = load_suite_config(path, args.overrides)
     all_cells = plan_cells(cfg)
@@ -403,15 +448,29 @@ def run_suite_cli(args) -> int:
     from harness.training.distributed import init_distributed
 
     dist = init_distributed()  # before any model load: each rank on its own device
+    if execute is not None and dist.world_size > 1:
+        raise ConfigError("--executor ray under torchrun: launch the driver as one process; Ray places the cells "
+                          "(a cell's data-parallel processes come from its `processes`/GPU request)")
     runner = SuiteRunner(cfg, Path(args.results_dir), data_dir=args.data_dir, progress=not args.no_progress, dist=dist)
     if dist.is_main:
         runner.write_snapshot(cells)
     dist.barrier()
-    runner.run(cells)
+    failed: dict[str, str] = {}
+    if execute is not None:
+        failed = execute(runner, cells)
+    else:
+        runner.run(cells)
     if not dist.is_main:
         return 0
     from harness.report import build_report
 
+    # Written once, by this process, after every cell has finished or failed.
     files = build_report(runner.results_dir, Path(args.leaderboards_dir), name=cfg.name)
     print(f"suite {cfg.name}: {len(cells)} cells in {time.perf_counter() - t0:.0f}s; leaderboard: {files}")
+    if failed:
+        print(f"{len(failed)} cell(s) failed (listed under 'Missing cells' in the leaderboard; rerun to retry them):",
+              file=sys.stderr)
+        for cell_id, error in failed.items():
+            print(f"  {cell_id}: {error.splitlines()[0] if error else ''}", file=sys.stderr)
+        return 1
     return 0

@@ -206,7 +206,10 @@ def load_results(results_dir: PathLike | Sequence[PathLike]) -> Results:
                 continue
             cell_id = str(data.get("cell_id") or cell_dir.name)
             if data.get("status") != "done":
-                incomplete.setdefault(cell_id, MissingCell(cell_id, f"status {data.get('status')!r}", where))
+                reason = f"status {data.get('status')!r}"
+                if data.get("error"):  # a failed cell (Ray executor) says why
+                    reason += f": {str(data['error']).strip().splitlines()[0][:300]}"
+                incomplete.setdefault(cell_id, MissingCell(cell_id, reason, where))
                 continue
             version = data.get("schema_version")
             if version != SCHEMA_VERSION:
