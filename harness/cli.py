@@ -83,6 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default="leaderboards", help="output directory (default: leaderboards/)")
     rp.add_argument("--name", default=None, help="report name (default: the results directory name)")
 
+    da = sub.add_parser("data", help="get task data files into the data directory (`data fetch NAME`)",
+                        description="Download a task's data files into the data directory, checked by sha256, "
+                                    "resumable (HTTP Range) and atomic. Then point runs at it with "
+                                    "--data-dir / $DISTILL_BENCH_DATA_DIR.")
+    dsub = da.add_subparsers(dest="data_verb", required=True, metavar="ACTION")
+    fe = dsub.add_parser("fetch", help="download NAME (veto-paper, gsm8k, dialogsum)",
+                         description="veto-paper: the Veto paper's 1K splits from its public repository; gsm8k: "
+                                     "openai/gsm8k from the Hub as gsm8k/{train,test}.jsonl; dialogsum: "
+                                     "knkarthick/dialogsum into the datasets cache (for the task's `hub` source).")
+    fe.add_argument("names", nargs="+", metavar="NAME", help="what to fetch: veto-paper, gsm8k, dialogsum")
+    fe.add_argument("--data-dir", default=None, help="destination (default: $DISTILL_BENCH_DATA_DIR)")
+    fe.add_argument("--base-url", default=None, help="mirror holding the same files (HTTP datasets only)")
+
     ob = sub.add_parser("objectives", help="list registered objectives with parameters and sequence source",
                         description="List every registered objective: built-ins, installed entry-point plugins and --plugin files.")
     ob.add_argument("--json", action="store_true", help="machine-readable output")
@@ -92,10 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.verb in ("run", "train", "eval"):
-            _quiet_library_progress()
+        if args.verb in ("run", "train", "eval") and not getattr(args, "dry_run", False):
+            _quiet_library_progress()  # a dry run loads no model: skip importing transformers (~1.5 s)
         _load_plugins(args.plugin)
-        handler = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "report": cmd_report, "objectives": cmd_objectives}[args.verb]
+        handler = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "report": cmd_report, "objectives": cmd_objectives,
+                   "data": cmd_data}[args.verb]
         return handler(args) or 0
     except DistillBenchError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -175,6 +189,20 @@ def cmd_run(args) -> int:
                           progress=not args.no_progress)["failed"]
 
     return run_suite_cli(args, execute=on_ray)
+
+
+def cmd_data(args) -> int:
+    from harness.datafetch import DATASETS, fetch, fetch_data_dir
+    from harness.errors import DataError
+
+    unknown = [n for n in args.names if n not in DATASETS]
+    if unknown:  # refused before anything is downloaded
+        raise DataError(f"nothing named {unknown} to fetch; known: {', '.join(sorted(DATASETS))}")
+    target = fetch_data_dir(args.data_dir)
+    for name in args.names:
+        fetch(name, target, base_url=args.base_url)
+    print(f"data in {target}; runs read it with --data-dir {target} or DISTILL_BENCH_DATA_DIR={target}")
+    return 0
 
 
 def cmd_report(args) -> int:

@@ -85,6 +85,9 @@ class TaskConfig(StrictModel):
     eval_source: str = Field("auto", description="source name from the task YAML, `file:<path>`, or `auto`")
     train_limit: int | None = Field(None, ge=1)
     eval_limit: int | None = Field(None, ge=1)
+    teacher: "ModelSpec | None" = Field(
+        None, description="this task's teacher (suites only; default: the suite's `teacher`); the paper distils "
+                          "from a teacher fine-tuned on each task")
 
     @field_validator("name")
     @classmethod
@@ -163,9 +166,23 @@ class TrainConfig(StrictModel):
     max_nonfinite_in_row: int = Field(5, ge=1)
     cache_teacher_generations: bool = True
     gradient_checkpointing: bool = False
+    log_with: list[str] = Field(
+        default_factory=list, description="also send telemetry to Accelerate's trackers: tensorboard, wandb, mlflow, ... "
+                                          "(telemetry.jsonl is written either way)")
     budget: "TrainBudget | None" = Field(
         None, description="stop every objective when this cost counter reaches the same limit (default: equal "
                           "optimizer steps, hence equal prompts seen, from epochs/max_steps)")
+
+    @field_validator("log_with")
+    @classmethod
+    def _known_trackers(cls, v: list[str]) -> list[str]:
+        if v:
+            from harness.training.trackers import known_trackers
+
+            unknown = [n for n in v if n not in known_trackers()]
+            if unknown:
+                raise ValueError(f"unknown tracker(s) {unknown}; Accelerate knows {known_trackers()}")
+        return v
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "TrainConfig":
@@ -234,8 +251,21 @@ class JudgeConfig(StrictModel):
 
 class DialogSumConfig(StrictModel):
     max_new_tokens: int = Field(128, ge=1)
-    baseline: Literal["teacher", "student_init", "references"] = "teacher"
+    baseline: Literal["teacher", "student_init", "references", "model"] = Field(
+        "teacher", description="who writes the summaries the judge compares against: the task's teacher (prepared, "
+                               "when the suite prepares teachers), the un-distilled student, the first reference, "
+                               "or `model` (the explicit `baseline_model`)")
+    baseline_model: "ModelSpec | None" = Field(None, description="the baseline's model when `baseline: model`")
     judge: JudgeConfig = JudgeConfig()
+
+    @model_validator(mode="after")
+    def _baseline_model(self) -> "DialogSumConfig":
+        if (self.baseline == "model") != (self.baseline_model is not None):
+            raise ValueError("give `baseline_model` exactly when `baseline: model` (an explicit model writes the "
+                             "baseline summaries)")
+        if self.baseline_model is not None and self.baseline_model.derive_from is not None:
+            raise ValueError("`baseline_model` needs a `name` (a model to load), not `derive_from`")
+        return self
 
 
 class GSM8KConfig(StrictModel):
@@ -269,6 +299,27 @@ class RunConfig(StrictModel):
     allow_head_slice: bool = Field(
         False, description="teacher/student LM heads of different sizes that both cover the shared tokenizer "
                            "(e.g. Qwen2-7B 152,064 vs Qwen2-0.5B 151,936 rows): compare only the tokenizer's columns")
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> "RunConfig":
+        if self.task.teacher is not None:
+            raise ValueError("task.teacher is for suites (one teacher per task); a run names its teacher in `teacher:`")
+        return self
+
+
+class TeacherPrepConfig(StrictModel):
+    """Fine-tune each task's teacher on that task's training split before distilling from it.
+
+    Runs the training stage's own `sft` (the same batching, masking, optimizer and checkpoints as
+    every student), once per (teacher, task, settings, data): the result is cached by that content
+    hash and reused by every cell of the task. `lora` trains adapters (merged before saving: the
+    one-GPU route for a 7B teacher); without it the whole teacher is fine-tuned.
+    """
+
+    objective: Literal["sft"] = "sft"
+    lora: LoraSpec | None = None
+    train: TrainConfig = TrainConfig()
+    seed: int = 0
 
 
 class SweepConfig(StrictModel):
@@ -337,6 +388,8 @@ class SuiteConfig(StrictModel):
     allow_head_slice: bool = Field(False, description="see RunConfig.allow_head_slice")
     keep_models: bool = Field(True, description="keep each trained student's HF checkpoint after its cell is evaluated")
     ray: RayConfig = Field(RayConfig(), description="resources, retries and storage under `run --executor ray`")
+    teacher_prep: TeacherPrepConfig | None = Field(
+        None, description="fine-tune each task's teacher on its training split first (cached, shared by the task's cells)")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "SuiteConfig":

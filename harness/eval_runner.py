@@ -120,17 +120,15 @@ def _eval_gsm8k(backend, examples, prompts, task_def, cfg: EvalConfig, model, to
                      "extraction": "#### > \\boxed{} > 'the answer is' > last number"},
     }
     if "lm_eval" in cfg.gsm8k.protocols:
-        from harness.errors import DataError
-        from harness.evaluation.gsm8k_lm_eval import run_lm_eval_gsm8k
+        from harness.evaluation.gsm8k_lm_eval import lm_eval_data_source, run_lm_eval_gsm8k
 
-        gsm_dir = Path(data_dir) / "gsm8k" if data_dir else None
-        if gsm_dir is None or not (gsm_dir / "test.jsonl").is_file():
-            raise DataError("the lm_eval GSM8K protocol reads gsm8k/test.jsonl and gsm8k/train.jsonl (5-shot examples) "
-                            "from the data directory: set --data-dir / DISTILL_BENCH_DATA_DIR, or drop `lm_eval` from "
-                            "eval.gsm8k.protocols")
+        # Same source resolution as the paper protocol above: Hub when the task reads the Hub,
+        # local GSM8K files when it reads those.
+        kind, gsm_dir = lm_eval_data_source(tcfg.eval_source, data_dir)
         # lm-eval's own 5-shot protocol on the same (seeded) limit of test questions.
         agg["lm_eval"] = run_lm_eval_gsm8k(model, tokenizer, data_dir=gsm_dir, limit=tcfg.eval_limit,
-                                           batch_size=cfg.batch_size, num_fewshot=cfg.gsm8k.lm_eval_num_fewshot)
+                                           batch_size=cfg.batch_size, num_fewshot=cfg.gsm8k.lm_eval_num_fewshot,
+                                           source=kind)
     return agg, rows
 
 

@@ -165,7 +165,8 @@ def run_evaluation_cli(args) -> None:
     if dialogsum is not None and eval_cfg.dialogsum.baseline != "references":
         from harness.eval_runner import generate_dialogsum_summaries
 
-        base_spec = validate(ModelSpec, {"name": args.baseline_model}, "--baseline-model") if args.baseline_model else teacher_spec
+        base_spec = (validate(ModelSpec, {"name": args.baseline_model}, "--baseline-model") if args.baseline_model
+                     else eval_cfg.dialogsum.baseline_model or teacher_spec)
         if base_spec is None:
             raise ConfigError("DialogSum win-rate needs a baseline: pass --baseline-model MODEL, a `teacher:` in --config, "
                               "or eval.dialogsum.baseline=references")

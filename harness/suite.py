@@ -38,9 +38,13 @@ class Cell:
     params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     sweep: dict[str, Any] = field(default_factory=dict)
+    teacher: str = ""  # the task's teacher tag, set when the suite has per-task or prepared teachers
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        if not d["teacher"]:
+            del d["teacher"]  # single-teacher suites keep their plan.json as before
+        return d
 
 
 def resolve_suite_path(suite: str) -> Path:
@@ -57,10 +61,16 @@ def resolve_suite_path(suite: str) -> Path:
 
 def plan_cells(cfg: SuiteConfig) -> list[Cell]:
     """Every cell of the suite in a deterministic order (baselines first: their outputs feed judges)."""
+    from harness.teachers import teacher_tag, uses_task_teachers
+
     cells: list[Cell] = []
+    # With per-task or prepared teachers the teacher is part of what a cell measures: its id names it.
+    tags = {t.name: teacher_tag(cfg, t) if uses_task_teachers(cfg) else "" for t in cfg.tasks}
+    prefix = {name: f"{name}__T={tag}" if tag else name for name, tag in tags.items()}
     for task in cfg.tasks:
         for b in cfg.baselines:
-            cells.append(Cell(f"{task.name}__{b}", "baseline", task.name, b, "Teacher" if b == "teacher" else "Student (init)"))
+            cells.append(Cell(f"{prefix[task.name]}__{b}", "baseline", task.name, b,
+                              "Teacher" if b == "teacher" else "Student (init)", teacher=tags[task.name]))
     for task in cfg.tasks:
         for obj in cfg.objectives:
             label = obj.display_name()
@@ -72,8 +82,8 @@ def plan_cells(cfg: SuiteConfig) -> list[Cell]:
             for sweep in variants:
                 tag = "".join(f"__{k}={v}" for k, v in sweep.items())
                 for seed in cfg.seeds:
-                    cells.append(Cell(f"{task.name}__{label}{tag}__s{seed}", "trained", task.name, obj.name,
-                                      label, {**params, **sweep}, seed, sweep))
+                    cells.append(Cell(f"{prefix[task.name]}__{label}{tag}__s{seed}", "trained", task.name, obj.name,
+                                      label, {**params, **sweep}, seed, sweep, teacher=tags[task.name]))
     return cells
 
 
@@ -124,6 +134,13 @@ def longest_first(cfg: SuiteConfig, cells: list[Cell]) -> list[Cell]:
 def print_plan(cfg: SuiteConfig, cells: list[Cell], all_cells: int) -> None:
     limits = {t.name: t.train_limit for t in cfg.tasks}
     print(f"suite {cfg.name}: {len(cells)} of {all_cells} cells; teacher {cfg.teacher.label()}, student {cfg.student.label()}")
+    from harness.teachers import base_teacher, uses_task_teachers
+
+    if uses_task_teachers(cfg):
+        prep = cfg.teacher_prep
+        how = (f", prepared by sft ({'LoRA' if prep.lora else 'full'}; cached, shared by the task's cells)"
+               if prep is not None else "")
+        print("teachers: " + "; ".join(f"{t.name}: {base_teacher(cfg, t).label()}" for t in cfg.tasks) + how)
     print(f"{'cell':58s} {'kind':9s} {'steps':>6s} {'prompts':>8s} {'rollout tok<=':>13s}")
     tot = {"optimizer_steps": 0, "prompts_seen": 0, "max_rollout_tokens": 0}
     for c in cells:
@@ -178,6 +195,8 @@ class SuiteRunner:
         self.progress = progress
         self._teacher = None
         self._teacher_tok = None
+        self._teacher_key: str | None = None  # which task teacher is in memory (one at a time)
+        self._task_teachers: dict[str, Any] = {}
 
     # -- layout ---------------------------------------------------------------------------------
     def cell_dir(self, cell: Cell) -> Path:
@@ -215,22 +234,43 @@ class SuiteRunner:
                                                            "cells": [c.as_dict() for c in plan_cells(self.cfg)]})
 
     # -- models ---------------------------------------------------------------------------------
-    def teacher(self):
-        if self._teacher is None:
+    def task_teacher(self, task: str):
+        """The task's teacher spec and provenance (prepared once and cached when the suite says so)."""
+        if task not in self._task_teachers:
+            from harness.paths import data_dir as resolve_data_dir
+            from harness.teachers import task_teacher
+
+            task_cfg = next(t for t in self.cfg.tasks if t.name == task)
+            self._task_teachers[task] = task_teacher(self.cfg, task_cfg, resolve_data_dir(self.data_dir),
+                                                     progress=self.progress)
+        return self._task_teachers[task]
+
+    def teacher(self, task: str | None = None):
+        """The (model, tokenizer) of `task`'s teacher (default: the first task's); one teacher in memory at a time."""
+        tt = self.task_teacher(task or self.cfg.tasks[0].name)
+        key = tt.spec.model_dump_json()
+        if self._teacher is None or self._teacher_key != key:
             import torch
 
             from harness.models import load_model
             from harness.runner import pick_device
 
+            self._teacher = self._teacher_tok = None  # free the previous task's teacher before loading
             dev = pick_device()
             self._teacher, self._teacher_tok = load_model(
-                self.cfg.teacher, dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32, device=str(dev))
+                tt.spec, dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32, device=str(dev))
+            self._teacher_key = key
         return self._teacher, self._teacher_tok
 
-    def _baseline_name(self) -> str:
+    def _baseline_name(self, task: str = "dialogsum") -> str:
         """Which model wrote the DialogSum baseline summaries, for the protocol record."""
         which = self.cfg.eval.dialogsum.baseline
-        spec = self.cfg.teacher if which == "teacher" else self.cfg.student
+        if which == "model":
+            spec = self.cfg.eval.dialogsum.baseline_model
+        elif which == "teacher" and any(t.name == task for t in self.cfg.tasks):
+            spec = self.task_teacher(task).spec
+        else:
+            spec = self.cfg.student
         return f"{which}: {spec.name or spec.model_dump(mode='json', exclude_none=True)}"
 
     # -- cells ------------------------------------------------------------------------------------
@@ -271,7 +311,8 @@ class SuiteRunner:
         cdir = self.cell_dir(cell)
         task_cfg = next(t for t in self.cfg.tasks if t.name == cell.task)
         data_dir = resolve_data_dir(self.data_dir)
-        teacher, teacher_tok = self.teacher()
+        tt = self.task_teacher(cell.task)
+        teacher, teacher_tok = self.teacher(cell.task)
         train_summary: dict[str, Any] = {}
         if cell.kind == "baseline" and not self.dist.is_main:
             return {}  # rank 0 evaluates the baseline alone; run_cell's barrier waits for it
@@ -279,9 +320,11 @@ class SuiteRunner:
             if cell.objective == "teacher":
                 model, tok = teacher, teacher_tok
             else:
-                model, tok = load_model(self.cfg.student, teacher=self.cfg.teacher, dtype=torch.float32, device=str(pick_device()))
+                # A student derived by pruning comes from the same teacher checkpoint as in training.
+                model, tok = load_model(self.cfg.student, teacher=tt.spec, dtype=torch.float32, device=str(pick_device()))
         else:
-            run_cfg = RunConfig(teacher=self.cfg.teacher, student=self.cfg.student, task=task_cfg,
+            run_cfg = RunConfig(teacher=tt.spec, student=self.cfg.student,
+                                task=task_cfg.model_copy(update={"teacher": None}),
                                 objective={"name": cell.objective, "label": cell.label, "params": cell.params},
                                 train=self.cfg.train, seed=cell.seed, output_dir=str(cdir / "train"),
                                 data_dir=str(data_dir) if data_dir else None, allow_head_slice=self.cfg.allow_head_slice)
@@ -305,7 +348,7 @@ class SuiteRunner:
             baseline_outputs = self.baseline_outputs(cell.task)
         metrics = evaluate_model(model, tok, [eval_task], self.cfg.eval, cdir, data_dir=data_dir, teacher=teacher,
                                  baseline_outputs=baseline_outputs, progress=self.progress, seed=cell.seed,
-                                 baseline_name=self._baseline_name())
+                                 baseline_name=self._baseline_name(cell.task))
         eval_wall = time.perf_counter() - t_eval
         telemetry = cdir / "train" / "telemetry.jsonl"
         record = {
@@ -326,6 +369,7 @@ class SuiteRunner:
             "stability": stability_summary(telemetry) if telemetry.exists() else {},
             # Provenance: processes that trained this cell (data parallel) and that evaluated it.
             "world_size": {"train": int(train_summary.get("world_size", 1)) if cell.kind == "trained" else 0, "eval": 1},
+            **({"teacher": tt.provenance} if cell.teacher else {}),
             "metrics": metrics,
             "telemetry": str(telemetry.relative_to(cdir)) if telemetry.exists() else None,
         }
@@ -377,9 +421,12 @@ class SuiteRunner:
 
         task_cfg = next(t for t in self.cfg.tasks if t.name == "dialogsum")
         if self.cfg.eval.dialogsum.baseline == "teacher":
-            model, tok = self.teacher()
+            model, tok = self.teacher("dialogsum")
+        elif self.cfg.eval.dialogsum.baseline == "model":
+            model, tok = load_model(self.cfg.eval.dialogsum.baseline_model, dtype=torch.float32, device=str(pick_device()))
         else:
-            model, tok = load_model(self.cfg.student, teacher=self.cfg.teacher, dtype=torch.float32, device=str(pick_device()))
+            model, tok = load_model(self.cfg.student, teacher=self.task_teacher("dialogsum").spec, dtype=torch.float32,
+                                    device=str(pick_device()))
         return generate_dialogsum_summaries(model, tok, task_cfg, self.cfg.eval, resolve_data_dir(self.data_dir),
                                             progress=self.progress)
 
@@ -396,6 +443,7 @@ def snapshot_conflicts(previous: dict[str, Any], current: dict[str, Any]) -> lis
     Every shared setting (models, training, evaluation, data) must be equal; a task or objective
     present in both must be configured identically, as must per-task parameters they share.
     """
+    previous, current = _without_new_empty_keys(previous, current)
     problems = []
     for key in sorted(set(previous) | set(current)):
         if key in _MATRIX_FIELDS or key in _COSMETIC_FIELDS:
@@ -422,6 +470,20 @@ def snapshot_conflicts(previous: dict[str, Any], current: dict[str, Any]) -> lis
     return problems
 
 
+def _without_new_empty_keys(previous: Any, current: Any) -> tuple[Any, Any]:
+    """Drop settings the older snapshot lacks when the current value is empty (None or []): an option
+    added since those results were written, left at its "off" default, changes none of them."""
+    if isinstance(previous, dict) and isinstance(current, dict):
+        cur = {k: v for k, v in current.items() if k in previous or v not in (None, [])}
+        pairs = {k: _without_new_empty_keys(previous.get(k), v) for k, v in cur.items()}
+        return ({**previous, **{k: a for k, (a, _) in pairs.items() if k in previous}},
+                {k: b for k, (_, b) in pairs.items()})
+    if isinstance(previous, list) and isinstance(current, list) and len(previous) == len(current):
+        pairs = [_without_new_empty_keys(a, b) for a, b in zip(previous, current)]
+        return [a for a, _ in pairs], [b for _, b in pairs]
+    return previous, current
+
+
 def stability_summary(telemetry_path: Path) -> dict[str, Any]:
     """Grad-norm max, spikes (the report's rule: `harness.report.stats.grad_norm_spikes`) and non-finite steps."""
     from harness.io import read_jsonl
@@ -437,13 +499,13 @@ def run_suite_cli(args, execute: Callable[["SuiteRunner", list[Cell]], dict[str,
     """`distill-bench run [SUITE] [overrides] [--dry-run] [--shard i/n]`. `execute(runner, cells)`
     runs the cells elsewhere (the Ray executor) and returns {cell_id: error} of failed ones;
     default: `runner.run(cells)` here."""
+    from harness.paths import data_dir as resolve_data_dir
+    from harness.preflight import require_ready
+
     path = resolve_suite_path(args.suite)
     cfg = load_suite_config(path, args.overrides)
     all_cells = plan_cells(cfg)
     cells = shard_cells(all_cells, args.shard)
-    if args.dry_run:
-        print_plan(cfg, cells, len(all_cells))
-        return 0
     t0 = time.perf_counter()
     from harness.training.distributed import init_distributed
 
@@ -452,6 +514,15 @@ def run_suite_cli(args, execute: Callable[["SuiteRunner", list[Cell]], dict[str,
         raise ConfigError("--executor ray under torchrun: launch the driver as one process; Ray places the cells "
                           "(a cell's data-parallel processes come from its `processes`/GPU request)")
     runner = SuiteRunner(cfg, Path(args.results_dir), data_dir=args.data_dir, progress=not args.no_progress, dist=dist)
+    if args.dry_run:
+        print_plan(cfg, cells, len(all_cells))
+    # Before any model is loaded: every missing prerequisite at once (exit 2), not one per failed cell hours in.
+    # Under another executor the cells run on its nodes, whose devices this machine cannot see.
+    require_ready(cfg, cells, data_dir=resolve_data_dir(runner.data_dir), results_dir=runner.results_dir,
+                  done=runner.is_done, check_devices=execute is None)
+    if args.dry_run:
+        print("preflight: every prerequisite is in place")
+        return 0
     if dist.is_main:
         runner.write_snapshot(cells)
     dist.barrier()

@@ -112,10 +112,14 @@ def test_cli_user_error_exits_2_without_traceback(tmp_path, capsys):
     assert "bogus: unknown key" in err and "Traceback" not in err
 
 
-def test_paper_dry_run_prints_plan_offline(capsys):
-    assert main(["run", "paper", "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    assert "gsm8k__Veto__s2" in out and "total" in out
+def test_paper_dry_run_prints_plan_offline(capsys, monkeypatch, tmp_path):
+    # Offline, no Hub cache, no key: the plan is printed, then preflight refuses (tests/test_preflight.py).
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert main(["run", "paper", "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    assert "gsm8k__T=Qwen2-7B-Instruct+sft-lora__Veto__s2" in captured.out and "total" in captured.out
+    assert "prerequisite(s) missing" in captured.err
 
 
 def test_dry_run_shard_selects_a_disjoint_subset(capsys):

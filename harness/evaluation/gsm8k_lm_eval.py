@@ -1,9 +1,11 @@
-"""The community GSM8K protocol (lm-eval's `gsm8k` task, 5-shot) run offline on local JSONL files.
+"""The community GSM8K protocol (lm-eval's `gsm8k` task, 5-shot) on the same data as the paper protocol.
 
 lm-eval's task YAML is copied from the installed package (so its prompt, stop strings and the
-`strict-match` / `flexible-extract` filters stay exactly lm-eval's) and only the data source is
-redirected to local files (`dataset_path: json`, `data_files`). The model is passed in memory
-through lm-eval's `HFLM` wrapper, so nothing is loaded from the Hub.
+`strict-match` / `flexible-extract` filters stay exactly lm-eval's). Where its data come from
+follows the task's GSM8K eval source (`lm_eval_data_source`): local GSM8K JSONL (`gsm8k_local`, or
+`auto` resolving to it) redirects the task to those files (`dataset_path: json`, `data_files`);
+the `hub` source keeps lm-eval's own Hub dataset (openai/gsm8k). The model is passed in memory
+through lm-eval's `HFLM` wrapper, so no model is loaded from the Hub.
 """
 
 from __future__ import annotations
@@ -15,7 +17,50 @@ from typing import Any
 import yaml
 
 LOCAL_TASK_NAME = "gsm8k_local"
+HUB_TASK_NAME = "gsm8k"
 FILTERS = ("strict-match", "flexible-extract")
+# GSM8K sources whose files are GSM8K itself (question + `#### N` answer, test and train splits):
+# lm-eval needs the test split to score and the train split for its few-shot examples.
+_LOCAL_GSM8K_SOURCE = "gsm8k_local"
+_HUB_GSM8K_SOURCE = "hub"
+
+
+def lm_eval_data_source(eval_source: str, data_dir: str | Path | None) -> tuple[str, Path | None]:
+    """Where lm-eval's GSM8K reads from, by the same resolution as the paper protocol's eval source.
+
+    Returns ("local", <dir holding test.jsonl and train.jsonl>) or ("hub", None). Raises DataError
+    naming the fix when the source cannot feed lm-eval (a subset, synthetic problems, a single
+    file without the train split for few-shot examples).
+    """
+    from harness.data import get_task
+    from harness.data.examples import resolve_source
+    from harness.errors import DataError
+
+    task = get_task("gsm8k")
+    ddir = Path(data_dir) if data_dir else None
+    if eval_source.startswith("file:"):
+        # A GSM8K test file given directly: lm-eval takes its few-shot examples from train.jsonl beside it.
+        test_file = Path(eval_source[len("file:"):]).expanduser()
+        if test_file.name != "test.jsonl" or not (test_file.parent / "train.jsonl").is_file():
+            raise DataError(f"the lm_eval GSM8K protocol reads a directory holding test.jsonl (scored) and train.jsonl "
+                            f"(few-shot examples); the eval file {test_file} is not such a test.jsonl: use GSM8K's "
+                            "layout there, or drop `lm_eval` from eval.gsm8k.protocols")
+        return "local", test_file.parent
+    name = resolve_source(task, "eval", eval_source, ddir)
+    if name == _HUB_GSM8K_SOURCE:
+        return "hub", None
+    if name == _LOCAL_GSM8K_SOURCE:
+        src = task.sources[name]
+        missing = [rel for rel in (src.splits["eval"], src.splits["train"]) if ddir is None or not (ddir / rel).is_file()]
+        if missing:
+            where = f"data directory {ddir}" if ddir else "the data directory (none is configured)"
+            raise DataError(f"the lm_eval GSM8K protocol reads {missing} from {where}: run "
+                            f"`distill-bench data fetch gsm8k --data-dir DIR` and set DISTILL_BENCH_DATA_DIR=DIR "
+                            "(or use eval_source: hub online)")
+        return "local", ddir / Path(src.splits["eval"]).parent
+    raise DataError(f"the lm_eval GSM8K protocol needs GSM8K itself (test split to score, train split for its "
+                    f"few-shot examples), but the GSM8K eval source is {name!r}: set the task's eval_source to "
+                    f"`{_LOCAL_GSM8K_SOURCE}` or `{_HUB_GSM8K_SOURCE}`, or drop `lm_eval` from eval.gsm8k.protocols")
 
 
 def lm_eval_task_dir() -> Path:
@@ -67,15 +112,18 @@ def lm_eval_gsm8k_task_yaml(
 def run_lm_eval_gsm8k(
     model: Any,
     tokenizer: Any,
-    data_dir: str | Path,
+    data_dir: str | Path | None,
     limit: int | None = None,
     batch_size: int = 1,
     num_fewshot: int = 5,
     max_gen_toks: int | None = None,
     apply_chat_template: bool = False,
     log_samples: bool = False,
+    source: str = "local",
 ) -> dict[str, Any]:
     """Run lm-eval's gsm8k (5-shot by default) on `data_dir/{test,train}.jsonl` with an in-memory model.
+
+    `source="hub"` runs lm-eval's own gsm8k task on its Hub dataset instead (`data_dir` unused).
 
     Returns {"strict-match": float, "flexible-extract": float, "n", "num_fewshot", "lm_eval_version"}
     (exact-match fractions; plus "samples" with lm-eval's per-example records when `log_samples`).
@@ -87,19 +135,29 @@ def run_lm_eval_gsm8k(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    data_dir = Path(data_dir)
-    test_file, train_file = data_dir / "test.jsonl", data_dir / "train.jsonl"
-    for f in (test_file, train_file):
-        if not f.is_file():
-            raise FileNotFoundError(f"lm-eval gsm8k needs {f} (GSM8K JSONL with question/answer)")
+    if source not in ("local", "hub"):
+        raise ValueError(f"source must be 'local' or 'hub', got {source!r}")
+    if source == "local":
+        data_dir = Path(data_dir) if data_dir is not None else None
+        if data_dir is None:
+            raise FileNotFoundError("lm-eval gsm8k with local data needs a directory holding test.jsonl and train.jsonl")
+        test_file, train_file = data_dir / "test.jsonl", data_dir / "train.jsonl"
+        for f in (test_file, train_file):
+            if not f.is_file():
+                raise FileNotFoundError(f"lm-eval gsm8k needs {f} (GSM8K JSONL with question/answer)")
     device = str(next(model.parameters()).device)
+    task_name = LOCAL_TASK_NAME if source == "local" else HUB_TASK_NAME
     with tempfile.TemporaryDirectory(prefix="lm-eval-gsm8k-") as tmp:
-        lm_eval_gsm8k_task_yaml(Path(tmp) / "tasks", test_file, train_file, cache_dir=Path(tmp) / "datasets")
+        if source == "local":
+            lm_eval_gsm8k_task_yaml(Path(tmp) / "tasks", test_file, train_file, cache_dir=Path(tmp) / "datasets")
+            manager = TaskManager(include_path=str(Path(tmp) / "tasks"), include_defaults=False)
+        else:
+            manager = TaskManager()
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
         results = simple_evaluate(
             model=lm,
-            tasks=[LOCAL_TASK_NAME],
-            task_manager=TaskManager(include_path=str(Path(tmp) / "tasks"), include_defaults=False),
+            tasks=[task_name],
+            task_manager=manager,
             num_fewshot=num_fewshot,
             limit=limit,
             gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
@@ -108,11 +166,12 @@ def run_lm_eval_gsm8k(
         )
     if results is None:  # non-zero rank under distributed lm-eval
         return {}
-    task = results["results"][LOCAL_TASK_NAME]
+    task = results["results"][task_name]
     out: dict[str, Any] = {name: float(task[f"exact_match,{name}"]) for name in FILTERS}
-    out["n"] = int(results.get("n-samples", {}).get(LOCAL_TASK_NAME, {}).get("effective", task.get("sample_len", 0)))
+    out["n"] = int(results.get("n-samples", {}).get(task_name, {}).get("effective", task.get("sample_len", 0)))
     out["num_fewshot"] = num_fewshot
     out["lm_eval_version"] = version("lm_eval")
+    out["data_source"] = "hub: openai/gsm8k (lm-eval's own task)" if source == "hub" else f"local: {data_dir}"
     if log_samples:
-        out["samples"] = results["samples"][LOCAL_TASK_NAME]
+        out["samples"] = results["samples"][task_name]
     return out

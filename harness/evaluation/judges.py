@@ -245,6 +245,16 @@ class OpenAICompatibleJudge:
     def describe(self) -> dict[str, Any]:
         return {"judge": "openai_compatible", "url": self.url, "model": self.model, "max_tokens": self.max_tokens}
 
+    def ping(self, timeout: float = 10.0) -> None:
+        """One cheap request (a 1-token completion, no retries): raises JudgeError unless the endpoint,
+        key and model answer. Preflight calls this so a dead judge fails before any generation."""
+        saved = (self.max_retries, self.timeout)
+        self.max_retries, self.timeout = 0, timeout
+        try:
+            self._post({"model": self.model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1})
+        finally:
+            self.max_retries, self.timeout = saved
+
     def _post(self, body: dict) -> bytes:
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env)

