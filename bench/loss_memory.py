@@ -10,6 +10,10 @@ student and teacher LM-head weights [V, H] and the same targets:
   dense    student logits with grad + teacher logits under no_grad, then objectives.engine.dense_loss
   trl      TRL GKDTrainer.generalized_jsd_loss(beta=0.5) on logits computed from the same hidden states
            and heads (teacher under no_grad, as GKDTrainer.compute_loss does), labels all valid
+  trl_chunked  TRL DistillationTrainer's loss (trl>=1.10, `trl.trainer.distillation_trainer.
+           _chunked_divergence_loss`): the same hidden states and head weights, all positions valid,
+           beta from the case (fkl 0 = forward KL, gkd 0.5 = JSD, rkl 1 = reverse KL); only for
+           those cases. Its chunking is its own (it tiles internally); the strongest peer.
 Each run ends with backward(); the student head's weight gradient is counted in every variant.
 
 Memory phase: every (case, variant) runs in a fresh subprocess; after setup and a small warm-up the
@@ -22,7 +26,9 @@ each other on a shared, noisy machine; medians. The first process also times the
 alone (a floor for any exact fp32 implementation). The first round checks chunked against dense:
 loss and gradients (hidden states, head weight) within relative error 1e-5.
 Targets (issue "Performance: memory-efficient distillation losses..."): chunked peak <= 15% of TRL's
-and chunked time <= 50% of TRL's, for every divergence objective.
+and chunked time <= 50% of TRL's, for every divergence objective; against DistillationTrainer's
+chunked kernel (issue 17): chunked peak <= its peak. The first timing round also records the
+relative difference between our loss (sum / N) and DistillationTrainer's mean loss.
 `--chunk-size` defaults to 64 rows (one [64, 49152] fp32 block = 12 MiB): smaller chunks lower the
 peak (the objective's per-chunk temporaries) but re-read the head weight and re-accumulate its fp32
 gradient once per chunk; TrainConfig's loss_chunk_size default (1024) would make this 1024-position
@@ -69,6 +75,8 @@ CASES: dict[str, tuple[str, dict, str]] = {
 ALIASES = {"supervised_kd": "fkl"}  # registered objectives covered by another case
 QUICK_CASES = ["fkl", "veto_rev", "gkd"]
 TOLERANCE = 1e-5
+# Cases DistillationTrainer's generalized JSD covers, with its beta (0: KL(teacher || student), 1: reverse).
+TRL_CHUNKED_BETA = {"fkl": 0.0, "gkd": 0.5, "rkl": 1.0}
 TARGET_MEM, TARGET_TIME = 0.15, 0.50
 
 
@@ -104,6 +112,19 @@ def make_step(variant: str, case: str, h, head, th, t_head, y, chunk_size: int):
                 t_logits = t_head(th)
             s_logits = head(h)
             loss = GKDTrainer.generalized_jsd_loss(s_logits[None], t_logits[None], labels=y[None], beta=0.5)
+            loss.backward()
+            return float(loss.detach())
+
+        return step
+
+    if variant == "trl_chunked":
+        from trl.trainer.distillation_trainer import _chunked_divergence_loss
+
+        beta = TRL_CHUNKED_BETA[case]
+        mask = torch.ones(1, h.shape[0], dtype=torch.long, device=h.device)
+
+        def step() -> float:
+            loss, _entropy, _n = _chunked_divergence_loss(h[None], th[None], head.weight, t_head.weight, mask, beta=beta)
             loss.backward()
             return float(loss.detach())
 
@@ -229,8 +250,8 @@ def memory_worker(variant: str, case: str, n: int, vocab: int, hidden: int, chun
         dt = time.perf_counter() - t0
     return {
         "phase": "memory", "variant": variant, "case": case,
-        "objective": CASES[case][0] if variant != "trl" else "trl_gkd_jsd",
-        "params": CASES[case][1] if variant != "trl" else {"beta": 0.5},
+        "objective": {"trl": "trl_gkd_jsd", "trl_chunked": "trl_distillation_chunked"}.get(variant, CASES[case][0]),
+        "params": {"trl": {"beta": 0.5}, "trl_chunked": {"beta": TRL_CHUNKED_BETA.get(case)}}.get(variant, CASES[case][1]),
         "n": n, "vocab": vocab, "hidden": hidden, "chunk_size": chunk_size if variant == "chunked" else None,
         "peak_bytes": mem.peak_above_baseline, "baseline_rss_bytes": mem.baseline, "memory_method": mem.method,
         "time_s": dt, "loss": loss, "threads": torch.get_num_threads(), "device": device,
@@ -244,7 +265,7 @@ def timing_worker(case: str, n: int, vocab: int, hidden: int, chunk_size: int, r
     import torch
 
     h, head, th, t_head, y, clear = _setup(n, vocab, hidden, threads, device)
-    variants = ["chunked", "dense", "trl"]
+    variants = ["chunked", "dense", "trl"] + (["trl_chunked"] if case in TRL_CHUNKED_BETA else [])
     steps = {}
     for v in variants:
         _warm_up(v, case, h, head, th, t_head, y, chunk_size)
@@ -254,14 +275,21 @@ def timing_worker(case: str, n: int, vocab: int, hidden: int, chunk_size: int, r
         times["gemm_floor"] = []
     got = None
     check_row = None
+    first: dict[str, float] = {}
     for r in range(max(repeats, 1)):
-        order = variants[r % 3:] + variants[: r % 3]
+        k = r % len(variants)
+        order = variants[k:] + variants[:k]
         for v in order:
             clear()
             _sync(h.device)
             t0 = time.perf_counter()
             loss = steps[v]()  # float(loss) after backward: the GPU work is done when it returns
             times[v].append(time.perf_counter() - t0)
+            if r == 0 and v in ("chunked", "trl_chunked"):
+                # Both as a mean per position; our generalized JSD is TRL's divided by beta(1 - beta)
+                # (objectives/divergences.generalized_jsd: continuous in beta), so scale TRL's the same way.
+                beta = TRL_CHUNKED_BETA.get(case, 0.0)
+                first[v] = loss / h.shape[0] if v == "chunked" else loss / (beta * (1 - beta) if 0 < beta < 1 else 1)
             if check and r == 0 and v in ("chunked", "dense"):
                 cur = (loss, h.grad.detach().clone(), head.weight.grad.detach().clone())
                 if got is None:
@@ -276,8 +304,11 @@ def timing_worker(case: str, n: int, vocab: int, hidden: int, chunk_size: int, r
         if gemm:
             clear()
             times["gemm_floor"].append(gemm_floor(h, head, th, t_head))
+    peer_diff = (abs(first["chunked"] - first["trl_chunked"]) / max(abs(first["trl_chunked"]), 1e-30)
+                 if "trl_chunked" in first else None)
     return {"phase": "time", "case": case, "times_s": times, "check": check_row,
-            "threads": torch.get_num_threads(), "chunk_size": chunk_size}
+            "threads": torch.get_num_threads(), "chunk_size": chunk_size,
+            "mean_loss": first, "rel_diff_vs_trl_chunked": peer_diff}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,6 +320,7 @@ def plan_memory_jobs(cases: list[str], trl_runs: int) -> list[tuple[str, str]]:
     for i, c in enumerate(cases):
         pair = [("chunked", c), ("dense", c)]
         ours += pair if i % 2 == 0 else pair[::-1]
+    ours += [("trl_chunked", c) for c in cases if c in TRL_CHUNKED_BETA]
     if trl_runs <= 0:
         return ours
     slots = [round(k * len(ours) / max(trl_runs - 1, 1)) for k in range(trl_runs)] if trl_runs > 1 else [0]
@@ -335,6 +367,15 @@ def summarize(mem_rows: list[dict], time_rows: list[dict], cases: list[str]) -> 
             "check_max_rel_err": max((tr["check"] or {}).get("max_rel_err", {"-": float("nan")}).values()),
             "meets_mem_target": mem_ratio <= TARGET_MEM, "meets_time_target": time_ratio <= TARGET_TIME,
         })
+        tc = next((r for r in mem_rows if r["variant"] == "trl_chunked" and r["case"] == c), None)
+        if tc is not None:
+            out[-1].update({
+                "trl_chunked_peak_mib": tc["peak_bytes"] / MIB, "trl_chunked_time_s": t["trl_chunked"],
+                "mem_ratio_vs_trl_chunked": ch["peak_bytes"] / max(tc["peak_bytes"], 1),
+                "time_ratio_vs_trl_chunked": t["chunked"] / t["trl_chunked"],
+                "rel_diff_vs_trl_chunked": tr.get("rel_diff_vs_trl_chunked"),
+                "meets_peer_mem_target": ch["peak_bytes"] <= tc["peak_bytes"],
+            })
     return out
 
 
@@ -419,6 +460,15 @@ def main(argv: list[str] | None = None) -> int:
           f"time median {median(trl_times):.2f} s over {len(trl_times)} calls; the 4 head GEMMs alone take "
           f"{floor:.2f} s (a floor for any exact fp32 variant)")
     print(table)
+    peers = [s for s in summary if "trl_chunked_peak_mib" in s]
+    if peers:
+        print("\nvs TRL DistillationTrainer._chunked_divergence_loss (same inputs; target: our peak <= its peak):")
+        print(fmt_table(
+            ["objective", "chunked MiB", "DistillationTrainer MiB", "chunked s", "DistillationTrainer s",
+             "mean loss rel diff (JSD / beta(1-beta))", "target"],
+            [[s["label"], s["chunked_peak_mib"], s["trl_chunked_peak_mib"], s["chunked_time_s"],
+              s["trl_chunked_time_s"], s["rel_diff_vs_trl_chunked"], "ok" if s["meets_peer_mem_target"] else "MISS"]
+             for s in peers]))
     print(f"targets: chunked peak <= {TARGET_MEM:.0%} of TRL, time <= {TARGET_TIME:.0%} of TRL (time ratios: same "
           f"process, interleaved); load average {info['loadavg_start']} -> {info['loadavg_end']}")
     path = write_json(out_path(args.out, "loss_memory.json"), {

@@ -3,6 +3,7 @@
     python bench/rollouts.py                    # SmolLM2-135M-Instruct, 32 GSM8K prompts, greedy, 96 new tokens
     python bench/rollouts.py --quick            # tiny random model, 8 synthetic prompts
     python bench/rollouts.py --max-new-tokens 256 --repeats 3
+    python bench/rollouts.py --backend vllm     # GPU: adds the colocated vLLM engine (bf16) as a variant
 
 Same prompts (GSM8K questions of mixed length, chat template applied), same model, batch size 8,
 same max_new_tokens, sampling off (greedy):
@@ -11,6 +12,9 @@ same max_new_tokens, sampling off (greedy):
   plain       model.generate on the prompts in their given order, 8 at a time, left padded, EOS only
               (the usual loop without bucketing or stop strings)
   plain+stop  the same with stop_strings=task stops (isolates bucketing from early stopping)
+  vllm        (--backend vllm, CUDA) harness.vllm_backend.VLLMGenerationBackend on the same checkpoint:
+              the same prompt ids and stop handling; the engine's start-up is timed apart. With it the
+              HF variants run on the GPU in bf16 too (target of issue 17: vllm useful tok/s >= 5x ours).
 Useful tokens = completion tokens up to and including the first stop string or EOS (what training /
 evaluation keep; the plain variants' outputs are cut with the same `truncate_at_stop`). Useful tokens/s
 is the headline; raw decoded tokens/s (every position generate produced for a still-running row) is
@@ -84,6 +88,34 @@ def run_ours(model, tok, prompts, stop, max_new_tokens: int, batch_size: int) ->
             "decoded_tokens": None}
 
 
+def run_vllm(backend, prompts, stop, max_new_tokens: int) -> dict:
+    from harness.generation import GenerationParams
+
+    t0 = time.perf_counter()
+    outs = backend.generate(prompts, GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=tuple(stop)))
+    dt = time.perf_counter() - t0
+    return {"wall_s": dt, "texts": [o.text for o in outs], "useful_tokens": sum(len(o.token_ids) for o in outs),
+            "decoded_tokens": None}
+
+
+def start_vllm(model, tok) -> tuple[object, float]:
+    """The colocated engine on the model's checkpoint (its weights are the checkpoint's: no sync)."""
+    from harness.vllm_backend import VLLMGenerationBackend
+
+    t0 = time.perf_counter()
+    backend = VLLMGenerationBackend.for_model(model, tok, gpu_memory_utilization=0.5, sync="checkpoint")
+    return backend, time.perf_counter() - t0
+
+
+def check_vllm(parser) -> None:
+    """Refuse `--backend vllm` before any work when this machine cannot run it."""
+    from harness.vllm_backend import vllm_unavailable_reason
+
+    reason = vllm_unavailable_reason()
+    if reason is not None:
+        parser.error(f'--backend vllm: {reason}; on a CUDA machine `pip install -e ".[vllm]"`, or drop --backend vllm')
+
+
 def run_plain(model, tok, prompts, stop, max_new_tokens: int, batch_size: int, use_stop: bool) -> dict:
     import torch
 
@@ -118,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    p.add_argument("--backend", choices=["hf", "vllm"], default="hf",
+                   help="vllm: add the vLLM engine as a variant (CUDA; HF variants then run on the GPU in bf16)")
     p.add_argument("--threads", type=int)
     p.add_argument("--quick", action="store_true", help="tiny random model, 8 prompts, 16 new tokens, 1 round")
     p.add_argument("--inprocess", action="store_true", help="accepted for symmetry (this benchmark is in-process)")
@@ -125,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.n_prompts, args.max_new_tokens, args.repeats = min(args.n_prompts, 8), min(args.max_new_tokens, 16), 1
+    if args.backend == "vllm":
+        check_vllm(p)
 
     import torch
 
@@ -134,22 +170,31 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-rollouts-") as d:
         model, tok, prompts, stop, source = load_model_and_prompts(args.quick, args.n_prompts, Path(d))
         lens = [len(tok(x, add_special_tokens=False)["input_ids"]) for x in prompts]
+        variants = list(args.variants)
+        vllm_backend = None
+        if args.backend == "vllm":
+            vllm_backend, info["vllm_engine_start_s"] = start_vllm(model, tok)
+            model = model.to("cuda", torch.bfloat16)
+            variants.append("vllm")
+            run_vllm(vllm_backend, prompts[:2], stop, 4)
         # Warm-up: one small batch per code path.
         run_ours(model, tok, prompts[:2], stop, 4, 2)
         run_plain(model, tok, prompts[:2], stop, 4, 2, True)
-        runs: dict[str, list[dict]] = {v: [] for v in args.variants}
+        runs: dict[str, list[dict]] = {v: [] for v in variants}
         t_start = time.perf_counter()
         for r in range(args.repeats):
-            order = args.variants[r % len(args.variants):] + args.variants[: r % len(args.variants)]
+            order = variants[r % len(variants):] + variants[: r % len(variants)]
             for v in order:
-                if v == "ours":
+                if v == "vllm":
+                    res = run_vllm(vllm_backend, prompts, stop, args.max_new_tokens)
+                elif v == "ours":
                     res = run_ours(model, tok, prompts, stop, args.max_new_tokens, args.batch_size)
                 else:
                     res = run_plain(model, tok, prompts, stop, args.max_new_tokens, args.batch_size, v == "plain+stop")
                 runs[v].append(res)
                 print(f"  round {r} {v:<11} {res['wall_s']:7.2f} s  useful tokens {res['useful_tokens']}",
                       file=sys.stderr, flush=True)
-    ref = runs[args.variants[0]][0]["texts"]
+    ref = runs[variants[0]][0]["texts"]
     summary = {}
     for v, rs in runs.items():
         wall = median([x["wall_s"] for x in rs])
@@ -174,11 +219,12 @@ def main(argv: list[str] | None = None) -> int:
           s["ours_speedup_useful_tok_s"], f"{s['same_text_as_first_variant']:.0%}"] for v, s in summary.items()])
     print(f"\nRollouts: {len(prompts)} prompts ({source}; {min(lens)}-{max(lens)} tokens), batch {args.batch_size}, "
           f"max_new_tokens {args.max_new_tokens}, greedy, stop {stop!r}, {torch.get_num_threads()} threads, "
+          f"device {next(model.parameters()).device}, "
           f"{args.repeats} interleaved rounds")
     print(table)
     print(f"load average {info['loadavg_start']} -> {info['loadavg_end']}")
     path = write_json(out_path(args.out, "rollouts.json"), {
-        "benchmark": "rollouts", "machine": info, "versions": versions("torch", "transformers"),
+        "benchmark": "rollouts", "machine": info, "versions": versions("torch", "transformers", "vllm"),
         "config": {k: v for k, v in vars(args).items() if k != "out"}, "prompt_source": source,
         "prompt_lengths": lens, "stop": list(stop), "summary": summary, "table_markdown": table,
     })

@@ -12,6 +12,11 @@ top_p = 1, top_k = 0, no stop strings, lr 1e-5 constant, grad clip 1.0, fp32, no
   ours  harness.training.loop.train() with a TrainingSetup (chunked loss, TrainConfig defaults otherwise)
   trl   trl.experimental.gkd.GKDTrainer, lmbda = 1 (always on-policy), beta 0 (forward KL: the peer of
         onpolicy_fkl and of veto, which anneals to forward KL) or beta 1 (reverse KL: peer of onpolicy_rkl)
+  trl_distill  (--peers trl_distill) trl.DistillationTrainer (trl>=1.10; always on-policy, chunked JSD
+        loss), the same beta; prompts given as the same rendered text, checked token for token; with
+        --rollout-backend vllm it samples with its own colocated vLLM engine (use_vllm, vllm_mode colocate)
+--rollout-backend vllm (CUDA): our stage samples with its colocated vLLM engine (train.rollout_backend).
+Targets of issue 17 on a GPU: on-policy step >= 1.0x DistillationTrainer with vLLM, >= 3x GKDTrainer.
 Each (framework, objective) runs in a fresh subprocess; the processes alternate ours/TRL and the whole
 sequence repeats `--repeats` times. Step time = interval between consecutive step ends (everything in
 the loop: data, rollout, forward/backward, optimizer, logging); the first step is a warm-up and is not
@@ -110,7 +115,7 @@ def pick_prompts(tok, quick: bool, n: int, target_tokens: int) -> list[tuple[str
 # ---------------------------------------------------------------------------------------------
 def run_ours(objective: str, teacher, student, tok, prompts, steps: int, max_new_tokens: int, tmp: Path,
              chunk_size: int | None, rollout_precision: str = "same", precision: str = "fp32",
-             micro_batch: int | None = None) -> dict:
+             rollout_backend: str = "hf") -> dict:
     from harness.config import RunConfig
     from harness.training import loop as L
     from harness.training.telemetry import TelemetryLog
@@ -121,17 +126,14 @@ def run_ours(objective: str, teacher, student, tok, prompts, steps: int, max_new
             self.references, self.answer, self.fields, self.meta = [response], None, {}, {}
 
     examples = [Ex(i, p, r) for i, (p, r) in enumerate(prompts)]
-    train = dict(lr=1e-5, epochs=steps, max_steps=steps, batch_size=len(prompts), micro_batch_size=micro_batch or len(prompts),
+    train = dict(lr=1e-5, epochs=steps, max_steps=steps, batch_size=len(prompts), micro_batch_size=len(prompts),
                  lr_schedule="constant", warmup_ratio=0.0, weight_decay=0.0, grad_clip=1.0, max_prompt_tokens=512,
                  max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, precision=precision,
                  checkpoint_every=10_000, cache_teacher_generations=False)
     if chunk_size is not None:
         train["loss_chunk_size"] = chunk_size
     train["rollout_precision"] = rollout_precision
-    from harness.config import TrainConfig
-
-    if "checkpoint_every_s" in TrainConfig.model_fields:  # no timed checkpoint inside a slow benchmark run
-        train["checkpoint_every_s"] = None
+    train["rollout_backend"] = rollout_backend
     cfg = RunConfig(teacher={"name": TEACHER}, student={"name": TEACHER}, task={"name": "gsm8k"},
                     objective={"name": objective, "params": {}}, train=train, seed=0)
     setup = L.TrainingSetup(teacher=teacher, student=student, tokenizer=tok, examples=examples,
@@ -221,6 +223,54 @@ def run_trl(beta: float, teacher, student, tok, prompts, steps: int, max_new_tok
     return _step_stats(t0, ends, tokens, completion, len(prompts), mem)
 
 
+def run_trl_distill(beta: float, teacher, student, tok, prompts, steps: int, max_new_tokens: int, tmp: Path,
+                    precision: str = "fp32", rollout_backend: str = "hf") -> dict:
+    """TRL's DistillationTrainer on the same models and prompts (its own generation: HF, or vLLM colocate)."""
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import DistillationConfig, DistillationTrainer
+
+    tokens: list[int] = []
+    completion: list[int] = []
+    ends: list[tuple[float, int]] = []
+    seen_prompts: list[list[list[int]]] = []
+    holder: dict = {}
+
+    class Timed(DistillationTrainer):
+        def _generate_single_turn(self, prompt_ids, *a, **k):
+            out = super()._generate_single_turn(prompt_ids, *a, **k)
+            seen_prompts.append([list(x) for x in prompt_ids])
+            tokens.append(sum(len(x) for x in prompt_ids) + sum(len(c) for c in out))
+            completion.append(sum(len(c) for c in out))
+            return out
+
+    class StepEnd(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            ends.append((time.perf_counter(), holder["mem"].peak_now()))
+
+    cuda = torch.cuda.is_available()
+    args = DistillationConfig(
+        output_dir=str(tmp / "trl_distill"), per_device_train_batch_size=len(prompts), gradient_accumulation_steps=1,
+        max_steps=steps, learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        max_grad_norm=1.0, beta=beta, temperature=1.0, top_p=1.0, top_k=0, max_completion_length=max_new_tokens,
+        report_to=[], save_strategy="no", logging_strategy="no", use_cpu=not cuda, bf16=precision == "bf16",
+        fp16=False, dataloader_num_workers=0, seed=0, disable_dropout=True, gradient_checkpointing=False,
+        disable_tqdm=True, use_vllm=rollout_backend == "vllm", vllm_mode="colocate", vllm_gpu_memory_utilization=0.3,
+    )
+    trainer = Timed(model=student, teacher_model=teacher, args=args,
+                    train_dataset=Dataset.from_list([{"prompt": p} for p, _ in prompts]), processing_class=tok,
+                    callbacks=[StepEnd()])
+    with PeakRSS() as mem:
+        holder["mem"] = mem
+        t0 = time.perf_counter()
+        trainer.train()
+    ours = sorted(tok(p, add_special_tokens=False)["input_ids"] for p, _ in prompts)
+    if not seen_prompts or sorted(seen_prompts[0]) != ours:
+        raise RuntimeError("DistillationTrainer generated from other prompt ids than ours; not like for like")
+    return _step_stats(t0, ends, tokens, completion, len(prompts), mem)
+
+
 def _step_stats(t0: float, ends, tokens, completion, batch: int, mem: PeakRSS) -> dict:
     times = [ends[0][0] - t0] + [b[0] - a[0] for a, b in zip(ends, ends[1:])]
     timed = list(range(1, len(times)))  # step 0 is the warm-up
@@ -241,7 +291,7 @@ def _step_stats(t0: float, ends, tokens, completion, batch: int, mem: PeakRSS) -
 
 def worker(framework: str, objective: str, steps: int, max_new_tokens: int, prompt_tokens: int, batch: int,
            quick: bool, chunk_size: int | None, threads: int | None, rollout_precision: str = "same",
-           precision: str = "fp32", micro_batch: int | None = None) -> dict:
+           precision: str = "fp32", rollout_backend: str = "hf") -> dict:
     import torch
 
     if threads:
@@ -254,12 +304,16 @@ def worker(framework: str, objective: str, steps: int, max_new_tokens: int, prom
         prompt_lens = [len(tok(p, add_special_tokens=False)["input_ids"]) for p, _ in prompts]
         if framework == "ours":
             stats = run_ours(objective, teacher, student, tok, prompts, steps, max_new_tokens, tmp, chunk_size,
-                             rollout_precision, precision, micro_batch)
+                             rollout_precision, precision, rollout_backend)
+        elif framework == "trl_distill":
+            stats = run_trl_distill(TRL_BETA[objective], teacher, student, tok, prompts, steps, max_new_tokens, tmp,
+                                    precision, rollout_backend)
         else:
             stats = run_trl(TRL_BETA[objective], teacher, student, tok, prompts, steps, max_new_tokens, tmp, precision)
-    return {"framework": framework, "objective": objective, "trl_beta": TRL_BETA[objective] if framework == "trl" else None,
+    return {"framework": framework, "objective": objective, "trl_beta": TRL_BETA[objective] if framework != "ours" else None,
+            "rollout_backend": rollout_backend if framework != "trl" else "hf",
             "steps": steps, "batch": batch, "prompt_lens": prompt_lens, "max_new_tokens": max_new_tokens,
-            "threads": torch.get_num_threads(), "precision": precision, "micro_batch": micro_batch, "rollout_precision": rollout_precision if framework == "ours" else None,
+            "threads": torch.get_num_threads(), "precision": precision, "rollout_precision": rollout_precision if framework == "ours" else None,
             **stats}
 
 
@@ -280,9 +334,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="both sides: our TrainConfig.precision (bf16 autocast) and TRL's bf16=True (weights stay fp32)")
     p.add_argument("--rollout-precision", choices=["same", "bf16"], default="same",
                    help="our TrainConfig.rollout_precision (TRL always samples with its fp32 weights)")
-    p.add_argument("--micro-batch", type=int, help="our TrainConfig.micro_batch_size (default: --batch; TRL: always --batch)")
-    p.add_argument("--frameworks", nargs="+", default=["ours", "trl"], choices=["ours", "trl"],
-                   help="`ours` alone measures our stage against itself across code versions")
+    p.add_argument("--rollout-backend", choices=["hf", "vllm"], default="hf",
+                   help="vllm (CUDA): our train.rollout_backend and DistillationTrainer's use_vllm (colocate)")
+    p.add_argument("--peers", nargs="+", choices=["trl", "trl_distill"], default=["trl"],
+                   help="trl: GKDTrainer; trl_distill: DistillationTrainer (trl>=1.10)")
     p.add_argument("--quick", action="store_true", help="tiny random models, 2 steps, 1 round")
     p.add_argument("--inprocess", action="store_true", help="no subprocesses (tests; memory not isolated)")
     p.add_argument("--out", help="JSON path (default bench/results/train_step.json)")
@@ -290,8 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.repeats, args.max_new_tokens = min(args.steps, 3), 1, min(args.max_new_tokens, 8)
+    if args.rollout_backend == "vllm":
+        from harness.vllm_backend import vllm_unavailable_reason
+
+        reason = vllm_unavailable_reason()
+        if reason is not None:
+            p.error(f'--rollout-backend vllm: {reason}; on a CUDA machine `pip install -e ".[vllm]"`, or drop the option')
     wargs = (args.steps, args.max_new_tokens, args.prompt_tokens, args.batch, args.quick, args.chunk_size, args.threads,
-             args.rollout_precision, args.precision, args.micro_batch)
+             args.rollout_precision, args.precision, args.rollout_backend)
     if args.worker:
         emit(worker(args.worker[0], args.worker[1], *wargs))
         return 0
@@ -304,10 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.repeats):
         jobs: list[tuple[str, str]] = []
         for obj in args.objectives:
-            if "ours" in args.frameworks:
-                jobs.append(("ours", obj))
-            if "trl" in args.frameworks and not any(f == "trl" and TRL_BETA[o] == TRL_BETA[obj] for f, o in jobs):
-                jobs.append(("trl", obj))
+            jobs.append(("ours", obj))
+            for peer in args.peers:
+                if not any(f == peer and TRL_BETA[o] == TRL_BETA[obj] for f, o in jobs):
+                    jobs.append((peer, obj))
         if r % 2:
             jobs.reverse()
         for fw, obj in jobs:
@@ -318,8 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                        "--prompt-tokens", str(args.prompt_tokens), "--batch", str(args.batch)]
                 cli += (["--quick"] if args.quick else []) + (["--chunk-size", str(args.chunk_size)] if args.chunk_size else [])
                 cli += ["--threads", str(args.threads)] if args.threads else []
-                cli += ["--rollout-precision", args.rollout_precision, "--precision", args.precision]
-                cli += ["--micro-batch", str(args.micro_batch)] if args.micro_batch else []
+                cli += ["--rollout-precision", args.rollout_precision, "--precision", args.precision,
+                        "--rollout-backend", args.rollout_backend]
                 row = run_worker(__file__, cli)
             row["round"] = r
             rows.append(row)
@@ -327,25 +388,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"peak {row['peak_bytes'] / MIB:7.0f} MiB  completion {row['mean_completion_len']:.1f}",
                   file=sys.stderr, flush=True)
 
-    if "trl" not in args.frameworks:  # no peer: per-run figures only (before/after comparisons of our stage)
-        for row in rows:
-            ph = row.get("phase_median_s") or {}
-            print(f"ours {row['objective']} batch {row['batch']} micro {row['micro_batch'] or row['batch']}: "
-                  f"{row['tokens_per_s']:.1f} tok/s, step {row['step_time_median_s']:.2f} s, sequences/rollout "
-                  f"{ph.get('sequences_s', float('nan')):.2f} s, forward+backward {ph.get('forward_backward_s', float('nan')):.2f} s, "
-                  f"completion {row['mean_completion_len']:.1f}")
-        info["loadavg_end"] = loadavg()
-        path = write_json(out_path(args.out, "train_step.json"), {
-            "benchmark": "train_step", "machine": info, "versions": versions("torch", "transformers"),
-            "config": {k: v for k, v in vars(args).items() if k not in ("worker", "out")}, "rows": rows})
-        print(f"wrote {path}")
-        return 0
-
     summary = []
     for obj in args.objectives:
         beta = TRL_BETA[obj]
         ours = [x for x in rows if x["framework"] == "ours" and x["objective"] == obj]
-        trl = [x for x in rows if x["framework"] == "trl" and x["trl_beta"] == beta]
+        peer_rows = {peer: [x for x in rows if x["framework"] == peer and x["trl_beta"] == beta] for peer in args.peers}
+        trl = peer_rows.get("trl") or peer_rows[args.peers[0]]
         # Ratio per round (same round = measured minutes apart at most), then the median over rounds.
         per_round = []
         for r in range(args.repeats):
@@ -367,6 +415,17 @@ def main(argv: list[str] | None = None) -> int:
             "ours_phase_median_s": {k: median([x["phase_median_s"][k] for x in ours if x.get("phase_median_s")])
                                     for k in ("sequences_s", "forward_backward_s", "optimizer_s")},
         })
+        dist = peer_rows.get("trl_distill")
+        if dist:
+            rounds = [o["tokens_per_s"] / d["tokens_per_s"] for r in range(args.repeats)
+                      for o in ours if o["round"] == r for d in dist if d["round"] == r]
+            summary[-1].update({
+                "distill_tokens_per_s": median([x["tokens_per_s"] for x in dist]),
+                "distill_step_s": median([x["step_time_median_s"] for x in dist]),
+                "distill_peak_mib": median([x["peak_bytes"] for x in dist]) / MIB,
+                "distill_completion_len": median([x["mean_completion_len"] for x in dist]),
+                "speedup_vs_distill_per_round": rounds, "speedup_vs_distill": median(rounds),
+            })
     info["loadavg_end"] = loadavg()
     info["wall_s"] = round(time.perf_counter() - t_start, 1)
     table = fmt_table(
@@ -379,6 +438,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nFull on-policy step, batch {args.batch}, prompts {rows[0]['prompt_lens']} tokens, max_new_tokens "
           f"{args.max_new_tokens}, {args.steps - 1} timed steps x {args.repeats} rounds, {rows[0]['threads']} threads")
     print(table)
+    if "trl_distill" in args.peers:
+        print(f"\nvs TRL DistillationTrainer (rollouts: {args.rollout_backend}; targets on a GPU with vLLM: >= 1.0x):")
+        print(fmt_table(
+            ["objective (beta)", "ours tok/s", "DistillationTrainer tok/s", "speedup", "ours step s",
+             "DistillationTrainer step s", "ours peak MiB", "DistillationTrainer peak MiB", "completion ours/TRL"],
+            [[f"{s['objective']} ({s['trl_beta']:g})", s["ours_tokens_per_s"], s["distill_tokens_per_s"],
+              s["speedup_vs_distill"], s["ours_step_s"], s["distill_step_s"], s["ours_peak_mib"], s["distill_peak_mib"],
+              f"{s['ours_completion_len']:.1f}/{s['distill_completion_len']:.1f}"] for s in summary]))
     for s in summary:
         ph = s["ours_phase_median_s"]
         print(f"ours {s['objective']}: step split (median s) sequences/rollout {ph['sequences_s']:.2f}, "

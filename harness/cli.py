@@ -146,6 +146,8 @@ def cmd_objectives(args) -> int:
         print(f"{row['name']}")
         print(f"    {row.get('description', '')}")
         print(f"    sequence source: {sources}   teacher signal: {row.get('teacher_signal')}")
+        if row.get("hooks"):
+            print(f"    contract v2 hooks: {', '.join(row['hooks'])}")
         for prm in row.get("params", []):
             rng = f"  range {prm['range']}" if prm.get("range") else ""
             print(f"    - {prm['name']}: {prm.get('type')} = {prm.get('default')!r}{rng}")

@@ -127,6 +127,26 @@ class ObjectiveConfig(StrictModel):
         return self.label or self.name
 
 
+class VLLMEngineConfig(StrictModel):
+    """The colocated vLLM engine's share of the GPU (used only when a backend is `vllm`)."""
+
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, lt=1, description="fraction of the GPU's memory vLLM reserves (weights + KV cache); training "
+                                     "shares the GPU, so leave it room")
+    sleep: bool = Field(False, description="offload the engine's weights to CPU and free its KV cache between "
+                                           "generation phases (more memory for training, slower phase switches)")
+    max_model_len: int | None = Field(None, ge=16, description="longest prompt + completion (default: the model's)")
+
+
+def _check_vllm_backend(field_path: str) -> None:
+    """Refuse `vllm` at config time (not mid-run) when this process cannot run it."""
+    from harness.vllm_backend import INSTALL_HINT, vllm_unavailable_reason
+
+    reason = vllm_unavailable_reason()
+    if reason is not None:
+        raise ValueError(f"{field_path}: vllm needs vLLM and a CUDA GPU: {reason}; {INSTALL_HINT}")
+
+
 class TrainConfig(StrictModel):
     """The standardized training stage's settings; identical for every objective in a suite."""
 
@@ -154,6 +174,10 @@ class TrainConfig(StrictModel):
         None, ge=1, description="prompts per generation call (rollouts, teacher generations) on one process; "
                                 "null = the process's whole share of the step in one call. Independent of "
                                 "micro_batch_size, which only bounds forward/backward memory")
+    rollout_backend: Literal["hf", "vllm"] = Field(
+        "hf", description="who samples on-policy rollouts: `hf` (model.generate) or `vllm` (a colocated engine "
+                          "fed the student's weights before every on-policy step; CUDA only)")
+    vllm: VLLMEngineConfig = VLLMEngineConfig()
     loss_chunk_size: int | None = Field(
         128, ge=1, description="loss positions per LM-head chunk (peak memory ~ chunk x vocab); null = dense logits")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -186,6 +210,11 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "TrainConfig":
+        if self.rollout_backend == "vllm":
+            if self.rollout_precision != "same":
+                raise ValueError("rollout_precision: the vllm rollout backend already samples in bf16; "
+                                 "leave rollout_precision at `same` (the bf16 copy is for the hf backend)")
+            _check_vllm_backend("rollout_backend")
         if self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size}); "
@@ -278,11 +307,20 @@ class EvalConfig(StrictModel):
     """Evaluation settings shared by every student in a suite."""
 
     batch_size: int = Field(8, ge=1)
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="generation for evaluation: `hf` (model.generate) or `vllm` (CUDA only)")
+    vllm: VLLMEngineConfig = VLLMEngineConfig()
     gsm8k: GSM8KConfig = GSM8KConfig()
     humaneval: HumanEvalConfig = HumanEvalConfig()
     dialogsum: DialogSumConfig = DialogSumConfig()
     diagnostics: bool = True
     diagnostics_limit: int = Field(32, ge=1, description="held-out prompts for teacher-KL / reference CE")
+
+    @model_validator(mode="after")
+    def _backend_usable(self) -> "EvalConfig":
+        if self.backend == "vllm":
+            _check_vllm_backend("backend")
+        return self
 
 
 class RunConfig(StrictModel):
@@ -410,7 +448,21 @@ class SuiteConfig(StrictModel):
         for obj in self.ray.per_objective:
             if obj not in names:
                 raise ValueError(f"ray.per_objective names objective {obj!r}, not in {names}")
+        self._check_task_rewards()
         return self
+
+    def _check_task_rewards(self) -> None:
+        """An objective that trains on a task reward (contract v2) needs every suite task to have one."""
+        from harness.task_rewards import check_reward_available
+        from objectives.base import build_objective
+
+        for i, o in enumerate(self.objectives):
+            objective = build_objective(o.name, o.params)
+            for t in self.tasks:
+                try:
+                    check_reward_available(objective, t.name, field=f"objectives.{i} x tasks[{t.name}]")
+                except ConfigError as err:
+                    raise ValueError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------- loading

@@ -28,20 +28,25 @@ def template_hash(task_def) -> str:
 
 def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfig, out_dir: Path, *,
                    data_dir: Path | None, teacher=None, baseline_outputs: dict[str, dict[str, str]] | None = None,
-                   progress: bool = True, seed: int = 0, baseline_name: str | None = None) -> dict[str, Any]:
+                   progress: bool = True, seed: int = 0, baseline_name: str | None = None,
+                   weights_from_checkpoint: bool = False, is_baseline_model: bool = False) -> dict[str, Any]:
     """Evaluate `model` on `tasks`; returns {task: aggregate, "diagnostics": {...}}.
 
     `baseline_outputs[task][example_id]` are the baseline's DialogSum summaries for the pairwise
     judge (the suite fills it from the baseline cell); with `dialogsum.baseline: references` the
     first reference is used instead. `baseline_name` (which model wrote those summaries) is
-    recorded in the DialogSum protocol.
+    recorded in the DialogSum protocol. `weights_from_checkpoint`: the model's weights are those of
+    the checkpoint it was loaded from (a teacher or untrained baseline), so a vLLM engine built from
+    that checkpoint needs no weight sync. `is_baseline_model`: `model` is the model that wrote those
+    summaries, so its DialogSum win rate is 50% by construction and the judge is not called.
     """
     from harness.data import get_task, load_examples
     from harness.runner import prompt_renderer
 
     out_dir = Path(out_dir)
     eval_dir = out_dir / "eval"
-    backend = HFGenerationBackend(model, tokenizer, batch_size=cfg.batch_size, progress=progress)
+    backend = generation_backend(model, tokenizer, cfg, progress=progress, weights_from_checkpoint=weights_from_checkpoint,
+                                 seed=seed)
     results: dict[str, Any] = {}
     diag_rows: dict[str, dict[str, float]] = {}
     for tcfg in tasks:
@@ -58,7 +63,8 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
             agg, rows = _eval_humaneval(backend, examples, prompts, task_def, cfg, seed)
         elif tcfg.name == "dialogsum":
             base = (baseline_outputs or {}).get("dialogsum")
-            agg, rows = _eval_dialogsum(backend, examples, prompts, task_def, cfg, base, seed, baseline_name)
+            agg, rows = _eval_dialogsum(backend, examples, prompts, task_def, cfg, base, seed, baseline_name,
+                                        is_baseline_model)
         else:  # config validation makes this unreachable
             raise ValueError(f"no evaluation for task {tcfg.name!r}")
         agg["wall_time_s"] = time.perf_counter() - t0
@@ -81,6 +87,19 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
         results["diagnostics"] = summarize_diagnostics(diag_rows)
         atomic_write_json(eval_dir / "diagnostics.json", results["diagnostics"])
     return results
+
+
+def generation_backend(model, tokenizer, cfg: EvalConfig, *, progress: bool, weights_from_checkpoint: bool,
+                       seed: int = 0, desc: str = "generate"):
+    """The evaluation's generator: HF `generate`, or a vLLM engine holding `model`'s weights."""
+    if cfg.backend != "vllm":
+        return HFGenerationBackend(model, tokenizer, batch_size=cfg.batch_size, progress=progress, desc=desc)
+    from harness.vllm_backend import VLLMGenerationBackend
+
+    return VLLMGenerationBackend.for_model(
+        model, tokenizer, gpu_memory_utilization=cfg.vllm.gpu_memory_utilization, sleep=cfg.vllm.sleep,
+        max_model_len=cfg.vllm.max_model_len, seed=seed, sync="checkpoint" if weights_from_checkpoint else "now",
+        progress=progress, desc=desc)
 
 
 def summarize_diagnostics(per_task: dict[str, dict[str, float]]) -> dict[str, Any]:
@@ -183,9 +202,9 @@ def build_judge(cfg: EvalConfig, references_by_dialogue: dict[str, list[str]] | 
 
 
 def _eval_dialogsum(backend, examples, prompts, task_def, cfg: EvalConfig, baseline: dict[str, str] | None, seed: int,
-                    baseline_name: str | None = None):
+                    baseline_name: str | None = None, is_baseline_model: bool = False):
     from harness.evaluation.rouge import rouge_scores
-    from harness.evaluation.win_rate import pairwise_win_rate
+    from harness.evaluation.win_rate import pairwise_win_rate, self_comparison
 
     ds = cfg.dialogsum
     params = dialogsum_params(task_def, cfg)
@@ -215,9 +234,12 @@ def _eval_dialogsum(backend, examples, prompts, task_def, cfg: EvalConfig, basel
                      "baseline_model": "references" if ds.baseline == "references" else baseline_name,
                      "judge": ds.judge.model_dump(mode="json")},
     }
-    if items:
+    if items and is_baseline_model and ds.baseline != "references":
+        wr, verdict_rows = self_comparison(items, order=ds.judge.order, seed=ds.judge.seed)
+    elif items:
         judge = build_judge(cfg)
         wr, verdict_rows = pairwise_win_rate(items, judge, order=ds.judge.order, seed=ds.judge.seed)
+    if items:
         by_id = {v["id"]: v for v in verdict_rows}
         for r in rows:
             v = by_id.get(r["id"])
@@ -239,15 +261,17 @@ def dialogsum_params(task_def, cfg: EvalConfig) -> GenerationParams:
 
 
 def generate_dialogsum_summaries(model, tokenizer, task_cfg: TaskConfig, cfg: EvalConfig, data_dir: Path | None,
-                                 progress: bool = True) -> dict[str, str]:
-    """Greedy summaries keyed by example id (the pairwise judge's baseline side)."""
+                                 progress: bool = True, weights_from_checkpoint: bool = True) -> dict[str, str]:
+    """Greedy summaries keyed by example id (the pairwise judge's baseline side; baselines are
+    loaded from their checkpoints, so a vLLM engine needs no weight sync by default)."""
     from harness.data import get_task, load_examples
     from harness.runner import prompt_renderer
 
     task_def = get_task("dialogsum")
     examples = load_examples(task_def, "eval", source=task_cfg.eval_source, limit=task_cfg.eval_limit, data_dir=data_dir, seed=0)
     render = prompt_renderer(task_def, tokenizer)
-    backend = HFGenerationBackend(model, tokenizer, batch_size=cfg.batch_size, progress=progress, desc="baseline summaries")
+    backend = generation_backend(model, tokenizer, cfg, progress=progress,
+                                 weights_from_checkpoint=weights_from_checkpoint, desc="baseline summaries")
     outs = backend.generate([render(ex) for ex in examples], dialogsum_params(task_def, cfg))
     return {ex.id: o.text.strip() for ex, o in zip(examples, outs)}
 

@@ -4,12 +4,9 @@ The training stage (on-policy rollouts, teacher generations) and the evaluation 
 `GenerationBackend.generate`. `HFGenerationBackend` is the default: batched `model.generate` with a
 KV cache, left padding, prompts bucketed by length, and per-sequence early stop on EOS or stop strings.
 
-A vLLM backend for GPU users would implement the same `generate` (vLLM's `LLM.generate` with
-`SamplingParams(temperature, top_p, max_tokens, stop, n, seed)`), returning completion token ids
-from `RequestOutput.outputs[i].token_ids`. During training it must see the student's current
-weights: reload them into the engine after each optimizer step (`llm.llm_engine.model_executor`
-weight sync, as TRL's vLLM colocate mode does) or run it in a separate process fed by a weight
-broadcast. See `VLLMGenerationBackend` below for the skeleton that is enabled when vLLM imports.
+`harness.vllm_backend.VLLMGenerationBackend` implements the same contract on a colocated vLLM
+engine (GPU only), with the same prompt encoding (`encode_prompts`) and stop handling
+(`truncate_at_stop`) so the two backends hand the training stage identical sequences.
 """
 
 from __future__ import annotations
@@ -244,39 +241,6 @@ def _strip_trailing_pad(ids: list[int], pad_id: int, eos_ids: set[int]) -> list[
 
 def _batch_seed(seed: int, batch_index: int) -> int:
     return (seed * 1_000_003 + batch_index * 7919) % (2**31 - 1)
-
-
-class VLLMGenerationBackend:  # pragma: no cover - needs a GPU and vLLM
-    """vLLM backend for evaluation on GPUs (same contract as HFGenerationBackend).
-
-    Enabled only when `vllm` imports. For training-time rollouts the engine's weights must be
-    refreshed from the student after every optimizer step; that sync is not implemented yet, so the
-    training stage uses HFGenerationBackend.
-    """
-
-    def __init__(self, model_dir: str, tokenizer, **engine_kwargs):
-        try:
-            from vllm import LLM  # type: ignore
-        except ImportError as exc:
-            raise RuntimeError("vLLM is not installed; `pip install vllm` on a CUDA machine or use the hf backend") from exc
-        self.llm = LLM(model=model_dir, **engine_kwargs)
-        self.tokenizer = tokenizer
-        self.generated_tokens = 0
-
-    def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[GenerationOutput]:
-        from vllm import SamplingParams  # type: ignore
-
-        sp = SamplingParams(
-            n=params.n, temperature=params.temperature, top_p=params.top_p if params.temperature > 0 else 1.0,
-            max_tokens=params.max_new_tokens, stop=list(params.stop) or None, seed=params.seed,
-        )
-        outs: list[GenerationOutput] = []
-        for req in self.llm.generate(list(prompts), sp):
-            for j, o in enumerate(req.outputs):
-                reason: FinishReason = "length" if o.finish_reason == "length" else ("stop" if o.stop_reason else "eos")
-                self.generated_tokens += len(o.token_ids)
-                outs.append(GenerationOutput(req.prompt, o.text, list(o.token_ids), list(req.prompt_token_ids), reason, j))
-        return outs
 
 
 def ceil_div(a: int, b: int) -> int:

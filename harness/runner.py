@@ -102,8 +102,17 @@ def build_setup(cfg: RunConfig, pair: LoadedPair, *, limit: int | None = None) -
         teacher=pair.teacher, student=pair.student, tokenizer=pair.tokenizer, examples=examples,
         render_prompt=prompt_renderer(task_def, pair.tokenizer), stop=task_stop_strings(task_def),
         teacher_key=str(pair.teacher_dir), teacher_cache_path=teacher_cache_file(pair.teacher_dir, cfg.task.name),
-        logit_columns=pair.logit_columns,
+        logit_columns=pair.logit_columns, reward=_task_reward(cfg),
     )
+
+
+def _task_reward(cfg: RunConfig):
+    """The task's reward function when the objective trains on one (contract v2), else None."""
+    from harness.task_rewards import check_reward_available, task_reward
+
+    objective = build_objective(cfg.objective.name, cfg.objective.params)
+    check_reward_available(objective, cfg.task.name)
+    return task_reward(cfg.task.name) if objective.uses_reward() else None
 
 
 def run_training(cfg: RunConfig, run_dir: Path, *, max_steps: int | None = None, limit: int | None = None,
@@ -114,7 +123,12 @@ def run_training(cfg: RunConfig, run_dir: Path, *, max_steps: int | None = None,
 
     dist = init_distributed()  # before any model load: it picks this rank's device
     objective = build_objective(cfg.objective.name, cfg.objective.params)
-    need_teacher = required_signal(objective) != TeacherSignal.NONE or _needs_teacher_generation(objective)
+    from harness.task_rewards import check_reward_available
+
+    check_reward_available(objective, cfg.task.name)  # before loading any model
+    # contract v2: a self-teaching objective (teacher_model() != "teacher") needs no teacher model
+    needs_signal = required_signal(objective) != TeacherSignal.NONE and objective.teacher_model() == "teacher"
+    need_teacher = needs_signal or _needs_teacher_generation(objective)
     pair = load_pair(cfg.teacher, cfg.student, need_teacher=need_teacher, teacher=teacher,
                      allow_head_slice=cfg.allow_head_slice)
     setup = build_setup(cfg, pair, limit=limit)
@@ -176,7 +190,8 @@ def run_evaluation_cli(args) -> None:
         del base_model
     results = evaluate_model(model, tok, task_cfgs, eval_cfg, Path(args.output_dir), data_dir=data_dir,
                              teacher=teacher, baseline_outputs=baseline_outputs, progress=not args.no_progress,
-                             baseline_name=(base_spec.name or str(base_spec)) if base_spec is not None else None)
+                             baseline_name=(base_spec.name or str(base_spec)) if base_spec is not None else None,
+                             weights_from_checkpoint=True)
     import json
 
     print(json.dumps(results, indent=2, default=str))

@@ -87,6 +87,83 @@ def plan_cells(cfg: SuiteConfig) -> list[Cell]:
     return cells
 
 
+def validate_cells(cfg: SuiteConfig, cells: list[Cell], overrides: list[str] = ()) -> None:
+    """Resolve every cell's full run configuration before any model is loaded or file written.
+
+    A cell's objective parameters are merged from `objectives.N.params`, `task_objective_params`
+    and a sweep value, possibly set by KEY=VALUE overrides; each source is valid on its own only as
+    far as the suite file's validation goes, so each merged set is built here. Raises ConfigError
+    with one line per failing cell naming the field path (and the override that set it, if any).
+    """
+    from objectives.base import build_objective
+
+    problems: list[str] = []
+    for cell in cells:
+        if cell.kind != "trained":
+            continue
+        task_cfg = next(t for t in cfg.tasks if t.name == cell.task)
+        try:
+            build_objective(cell.objective, cell.params)
+            RunConfig(teacher=cfg.teacher, student=cfg.student, task=task_cfg,
+                      objective={"name": cell.objective, "label": cell.label, "params": cell.params},
+                      train=cfg.train, seed=cell.seed, allow_head_slice=cfg.allow_head_slice)
+        except Exception as err:  # noqa: BLE001 - ObjectiveError, ValidationError, a plugin's own check
+            problems += [f"  cell {cell.cell_id}: {line}" for line in _cell_problems(cfg, cell, err, list(overrides))]
+    if problems:
+        shown = problems[:20] + ([f"  ... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise ConfigError(f"suite {cfg.name!r}: {len(problems)} problem(s) in its cells; nothing was run or "
+                          "written:\n" + "\n".join(shown))
+
+
+def _cell_problems(cfg: SuiteConfig, cell: Cell, err: Exception, overrides: list[str]) -> list[str]:
+    """`field.path: message` per offending parameter, the path naming where the value was set."""
+    import re
+
+    text = str(err).splitlines()
+    lines = []
+    for line in text[1:]:
+        m = re.match(r"\s+([^:\s]+): (.*)", line)
+        key = m.group(1).split(".")[0] if m else None
+        if key is not None and key in cell.params:
+            lines.append(_with_override(_param_source(cfg, cell, key, m.group(2)), overrides) + ": " + m.group(2))
+    if not lines:  # not tied to one parameter: name every source of this cell's parameters
+        sources = sorted({_param_source(cfg, cell, k, "") for k in cell.params}) or [
+            f"objectives.{_objective_index(cfg, cell)}"]
+        lines.append(f"{', '.join(sources)}: {' '.join(x.strip() for x in text)}")
+    return lines
+
+
+def _objective_index(cfg: SuiteConfig, cell: Cell) -> int:
+    return next(i for i, o in enumerate(cfg.objectives) if o.display_name() == cell.label)
+
+
+def _param_source(cfg: SuiteConfig, cell: Cell, key: str, message: str) -> str:
+    """Field path of the value `key` got in this cell: a sweep beats per-task params beats the objective's."""
+    if key in cell.sweep:
+        i = next(i for i, sw in enumerate(cfg.sweeps) if sw.objective == cell.label and sw.param == key)
+        if "unknown parameter" in message:
+            return f"sweeps.{i}.param"
+        j = next(j for j, v in enumerate(cfg.sweeps[i].values) if v == cell.sweep[key])
+        return f"sweeps.{i}.values.{j}"
+    if key in cfg.task_objective_params.get(cell.task, {}).get(cell.label, {}):
+        return f"task_objective_params.{cell.task}.{cell.label}.{key}"
+    return f"objectives.{_objective_index(cfg, cell)}.params.{key}"
+
+
+def _with_override(path: str, overrides: list[str]) -> str:
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if path == key or path.startswith(key + "."):
+            return f"{path} (set by the override `{item}`)"
+    return path
+
+
+def wrote_baseline_summaries(cell: Cell, cfg: SuiteConfig) -> bool:
+    """Whether `cell` evaluates the model whose DialogSum summaries are the judge's baseline (the
+    teacher cell vs `baseline: teacher`): its win rate is 50% by construction, no judge needed."""
+    return cell.kind == "baseline" and cell.objective == cfg.eval.dialogsum.baseline
+
+
 def shard_cells(cells: list[Cell], shard: str | None) -> list[Cell]:
     if not shard:
         return cells
@@ -114,7 +191,8 @@ def estimate_cost(cfg: SuiteConfig, cell: Cell, n_train: int | None) -> dict[str
     return {
         "optimizer_steps": steps,
         "prompts_seen": steps * cfg.train.batch_size,
-        "max_rollout_tokens": int(steps * cfg.train.batch_size * cfg.train.max_new_tokens * gen_frac),
+        # contract v2: n_samples rollouts per prompt all count against the budget
+        "max_rollout_tokens": int(steps * cfg.train.batch_size * obj.n_samples() * cfg.train.max_new_tokens * gen_frac),
     }
 
 
@@ -348,7 +426,9 @@ class SuiteRunner:
             baseline_outputs = self.baseline_outputs(cell.task)
         metrics = evaluate_model(model, tok, [eval_task], self.cfg.eval, cdir, data_dir=data_dir, teacher=teacher,
                                  baseline_outputs=baseline_outputs, progress=self.progress, seed=cell.seed,
-                                 baseline_name=self._baseline_name(cell.task))
+                                 baseline_name=self._baseline_name(cell.task),
+                                 weights_from_checkpoint=cell.kind == "baseline",
+                                 is_baseline_model=wrote_baseline_summaries(cell, self.cfg))
         eval_wall = time.perf_counter() - t_eval
         telemetry = cdir / "train" / "telemetry.jsonl"
         record = {
@@ -506,6 +586,7 @@ def run_suite_cli(args, execute: Callable[["SuiteRunner", list[Cell]], dict[str,
     cfg = load_suite_config(path, args.overrides)
     all_cells = plan_cells(cfg)
     cells = shard_cells(all_cells, args.shard)
+    validate_cells(cfg, all_cells, args.overrides)  # every cell, not only this shard's: before any work
     t0 = time.perf_counter()
     from harness.training.distributed import init_distributed
 

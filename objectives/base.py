@@ -44,6 +44,7 @@ __all__ = [
     "LossChunk",
     "NoParams",
     "Objective",
+    "RowInfo",
     "ObjectiveParams",
     "PluginLoadWarning",
     "SequenceSource",
@@ -93,6 +94,12 @@ class LossChunk:
     teacher_logits: Tensor | None  # [N, V]
     targets: Tensor  # [N] long: the token at each loss position
     teacher_target_logprobs: Tensor | None = None  # [N]
+    # Contract v2 (all detached, None unless the objective uses the matching hook; see RowInfo).
+    seq_id: Tensor | None = None  # [N] long: global sequence index within the optimizer step
+    segment_id: Tensor | None = None  # [N] long: segment index within its sequence (delimiter-split)
+    weight: Tensor | None = None  # [N]: the row weight from ``row_weights`` (the engine applies it)
+    advantage: Tensor | None = None  # [N]: the sequence's group-normalized task-reward advantage
+    behaviour_logprobs: Tensor | None = None  # [N]: log p(target) under the rollout policy
     _student_logp: Tensor | None = field(default=None, init=False, repr=False, compare=False)
     _teacher_logp: Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -121,6 +128,27 @@ class LossChunk:
 
             self._teacher_logp = log_probs(self.teacher_logits.detach())
         return self._teacher_logp
+
+
+@dataclass
+class RowInfo:
+    """Per-row side information of contract v2 for N loss positions (every tensor [N], detached).
+
+    The engine slices it per chunk into the ``LossChunk`` fields of the same names. ``weight``
+    multiplies ``per_token_loss`` (None: no multiplication at all, the v1 arithmetic); rows of
+    weight 0 may be skipped in the gradient pass.
+    """
+
+    seq_id: Tensor | None = None
+    segment_id: Tensor | None = None
+    weight: Tensor | None = None
+    advantage: Tensor | None = None
+    behaviour_logprobs: Tensor | None = None
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("seq_id", "segment_id", "weight", "advantage", "behaviour_logprobs")
+
+    def select(self, index: slice | Tensor) -> "RowInfo":
+        return RowInfo(**{f: (None if getattr(self, f) is None else getattr(self, f)[index]) for f in self.FIELDS})
 
 
 class ObjectiveParams(BaseModel):
@@ -188,6 +216,61 @@ class Objective(abc.ABC):
         """Whether student == teacher gives zero loss and zero gradient under ``sched``."""
         return self.required_teacher_signal() is not TeacherSignal.NONE
 
+    # -- contract v2: optional hooks (the defaults keep the v1 behaviour and arithmetic) ---------
+    def token_stats(self, chunk: LossChunk, sched: dict[str, float]) -> dict[str, Tensor]:
+        """Detached per-row statistics ``{name: [N]}`` (entropy, divergence, ...) for ``row_weights``.
+
+        Runs under no_grad in a pass before the gradient pass; ``chunk.seq_id``/``segment_id`` are set.
+        """
+        return {}
+
+    def row_weights(self, stats: dict[str, Tensor], seq_id: Tensor, segment_id: Tensor) -> Tensor:
+        """Weights [N] for ALL rows of one optimizer step (every micro-batch and process at once).
+
+        ``stats`` holds ``token_stats`` concatenated over the step, so weights may use sequence,
+        segment or whole-step quantiles; rows arrive in an unspecified order, so use ``seq_id``
+        and ``segment_id`` rather than positions. Only called when ``uses_row_weights()``.
+        """
+        raise NotImplementedError
+
+    def uses_row_weights(self) -> bool:
+        """Whether the stage runs the statistics pass and ``row_weights`` (default: hook overridden)."""
+        return type(self).row_weights is not Objective.row_weights
+
+    def segment_delimiter(self) -> str | None:
+        """Text that ends a segment (e.g. a reasoning step) in the completion; None: one segment."""
+        return None
+
+    def n_samples(self) -> int:
+        """Rollouts per prompt (a group); > 1 only with the student as sequence source."""
+        return 1
+
+    def uses_reward(self) -> bool:
+        """Whether rows need ``advantage`` (the task's reward, group-normalized): needs a task reward."""
+        return False
+
+    def uses_behaviour_logprobs(self) -> bool:
+        """Whether rows need ``behaviour_logprobs`` (log p of the sampled token under the rollout policy)."""
+        return False
+
+    def teacher_prompt(self, example: Any) -> str | None:
+        """The user message the teacher sees instead of the student's (None: the same prompt).
+
+        The teacher scores exactly the student's completion tokens; only its prompt differs.
+        """
+        return None
+
+    def teacher_model(self) -> Literal["teacher", "self_frozen", "self_live"]:
+        """Who teaches: the configured teacher, a frozen copy of the initial student, or the
+        current student itself under no_grad."""
+        return "teacher"
+
+    def uses_contract_v2(self) -> bool:
+        """Whether any v2 hook is active (the stage then takes its v2 path; else v1, unchanged)."""
+        return (self.uses_row_weights() or self.n_samples() > 1 or self.uses_reward()
+                or self.uses_behaviour_logprobs() or type(self).teacher_prompt is not Objective.teacher_prompt
+                or self.teacher_model() != "teacher")
+
     # -- description ---------------------------------------------------------------------------
     def params_dict(self) -> dict[str, Any]:
         """Parameters as JSON-ready values (for cell.json)."""
@@ -211,7 +294,27 @@ class Objective(abc.ABC):
             "divergence_direction": default.divergence_direction,
             "module": cls.__module__,
             "params": params_summary(cls.Params),
+            "hooks": default.active_hooks(),
         }
+
+    def active_hooks(self) -> list[str]:
+        """Names of the contract-v2 hooks this instance uses (for the listing)."""
+        hooks = []
+        if self.uses_row_weights():
+            hooks.append("token_stats/row_weights")
+        if self.segment_delimiter() is not None:
+            hooks.append("segments")
+        if self.n_samples() > 1:
+            hooks.append(f"n_samples={self.n_samples()}")
+        if self.uses_reward():
+            hooks.append("reward")
+        if self.uses_behaviour_logprobs():
+            hooks.append("behaviour_logprobs")
+        if type(self).teacher_prompt is not Objective.teacher_prompt:
+            hooks.append("teacher_prompt")
+        if self.teacher_model() != "teacher":
+            hooks.append(f"teacher={self.teacher_model()}")
+        return hooks
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())

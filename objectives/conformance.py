@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from harness.errors import ObjectiveError
-from objectives.base import Objective, SequenceSource, TeacherSignal, get_objective
-from objectives.engine import chunked_loss, dense_loss, make_loss_chunk
+from objectives.base import LossChunk, Objective, RowInfo, SequenceSource, TeacherSignal, get_objective
+from objectives.engine import BEHAVIOUR_STAT, chunked_loss, dense_loss, make_loss_chunk, row_token_stats
 
 __all__ = [
     "REFERENCE_LOSSES",
@@ -41,6 +41,10 @@ __all__ = [
     "check_direction",
     "check_gkd_continuity",
     "check_reference",
+    "check_row_weights_invariance",
+    "check_rows_reach",
+    "check_teacher_prompt",
+    "check_weight_one_identity",
     "check_veto_beta0_equals_kl",
     "check_veto_forward_gradient",
     "check_zero_at_match",
@@ -588,6 +592,234 @@ def _extra_checks(obj: Objective) -> list[Callable[[Objective], CheckResult]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Contract v2 checks
+# ---------------------------------------------------------------------------------------------
+def synthetic_advantage(y: Tensor, dtype: torch.dtype) -> Tensor:
+    """A deterministic per-row advantage in [-2, 2] from the target id (chunk-invariant by design)."""
+    return (((y.long() * 7919) % 13).to(dtype) - 6.0) / 3.0
+
+
+def synthetic_behaviour(student_logits: Tensor, y: Tensor) -> Tensor:
+    """Behaviour log-probs: the detached student's log p(y) shifted by a target-dependent offset,
+    so ratios to the behaviour policy differ from 1 and exercise the clip."""
+    lp = torch.log_softmax(student_logits.detach().to(torch.float64), -1)[torch.arange(len(y)), y]
+    return (lp + (((y.long() * 31) % 7).to(torch.float64) - 3.0) * 0.15).to(student_logits.dtype)
+
+
+def _with_synthetic_rows(obj: Objective) -> Objective:
+    """``obj`` whose chunks get synthetic advantage/behaviour fields when the caller gave none.
+
+    The generic checks build chunks without row information; objectives that need it see the
+    deterministic per-row values above, so chunking and accumulation checks stay meaningful.
+    """
+    base = type(obj)
+
+    class WithSyntheticRows(base):  # type: ignore[misc, valid-type]
+        def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
+            if chunk.advantage is None:
+                chunk.advantage = synthetic_advantage(chunk.targets, chunk.student_logits.dtype)
+            if chunk.behaviour_logprobs is None:
+                chunk.behaviour_logprobs = synthetic_behaviour(chunk.student_logits, chunk.targets)
+            return super().per_token_loss(chunk, sched)
+
+    WithSyntheticRows.__name__ = WithSyntheticRows.__qualname__ = base.__name__
+    return WithSyntheticRows(obj.params)
+
+
+def _needs_rows(obj: Objective) -> bool:
+    return obj.uses_reward() or obj.uses_behaviour_logprobs()
+
+
+def check_weight_one_identity(obj: Objective) -> CheckResult:
+    """Row weight 1 everywhere is BIT-identical to no weights: loss and gradients, dense and chunked."""
+    name = "weight_one_identity"
+
+    def run() -> CheckResult:
+        n, v, h, ht = 29, 41, 16, 24
+        sched = _mid_sched(obj)
+        head, t_head = _heads(v, h, ht, 61)
+        hidden = torch.randn(n, h, generator=_gen(62)).requires_grad_()
+        t_hidden = torch.randn(n, ht, generator=_gen(63))
+        y = _targets(n, v, 64)
+        ones = RowInfo(weight=torch.ones(n))
+        params = [hidden, head.weight, head.bias]
+        problems = []
+        for label, run_fn in (
+            ("dense", lambda rows: dense_loss(obj, sched, head(hidden), t_head(t_hidden).detach(), y, rows=rows)),
+            ("chunked", lambda rows: chunked_loss(obj, sched, hidden, head, t_hidden, t_head, y, chunk_size=8, rows=rows)),
+        ):
+            a, b = run_fn(None), run_fn(ones)
+            ga, gb = torch.autograd.grad(a.loss_sum, params), torch.autograd.grad(b.loss_sum, params)
+            if not torch.equal(a.loss_sum.detach(), b.loss_sum.detach()):
+                problems.append(f"{label}: loss {float(a.loss_sum):.9g} vs weighted {float(b.loss_sum):.9g}")
+            for pname, x, z in zip(("hidden", "head.weight", "head.bias"), ga, gb):
+                if not torch.equal(x, z):
+                    problems.append(f"{label}: grad {pname} not bit-identical (max diff {_maxdiff(x, z):.3g})")
+            if (a.entropy_sum, a.n_tokens) != (b.entropy_sum, b.n_tokens):
+                problems.append(f"{label}: telemetry differs")
+        return _result(name, problems)
+
+    return _guard(name, run)
+
+
+def _step_rows(n_seq: int, seed: int) -> tuple[Tensor, Tensor]:
+    """seq_id / segment_id of a synthetic step: sequences of uneven length with 1-3 segments each."""
+    g = _gen(seed)
+    seq, seg = [], []
+    for i in range(n_seq):
+        length = int(torch.randint(3, 11, (1,), generator=g))
+        cuts = sorted(torch.randint(1, length, (2,), generator=g).tolist())
+        for t in range(length):
+            seq.append(i)
+            seg.append(sum(t >= c for c in cuts))
+    return torch.tensor(seq), torch.tensor(seg)
+
+
+def check_row_weights_invariance(obj: Objective) -> CheckResult:
+    """Weights from stats gathered over micro-batches/processes (any row order) equal the one-batch
+    weights, and the weighted loss accumulated over micro-batches equals the one-batch loss."""
+    name = "row_weights_invariance"
+
+    def run() -> CheckResult:
+        if not obj.uses_row_weights():
+            return CheckResult(name, "skip", "objective uses no row weights")
+        seq_id, seg_id = _step_rows(9, 71)
+        n, v, h, ht = len(seq_id), 37, 16, 24
+        sched = _mid_sched(obj)
+        head, t_head = _heads(v, h, ht, 72)
+        hidden = torch.randn(n, h, generator=_gen(73)).requires_grad_()
+        t_hidden = torch.randn(n, ht, generator=_gen(74)) * 2
+        y = _targets(n, v, 75)
+        rows = RowInfo(seq_id=seq_id, segment_id=seg_id)
+        problems = []
+        whole = row_token_stats(obj, sched, hidden, head, t_hidden, t_head, y, chunk_size=n, rows=rows)
+        w_whole = obj.row_weights({k: x for k, x in whole.items() if k != BEHAVIOUR_STAT}, seq_id, seg_id)
+        if not isinstance(w_whole, Tensor) or w_whole.shape != (n,) or not bool(torch.isfinite(w_whole).all()) \
+                or bool((w_whole < 0).any()):
+            return _result(name, [f"row_weights must return [{n}] finite weights >= 0"])
+        # micro-batches as a stage would cut them (one per 3 sequences), chunked differently
+        parts = [torch.nonzero((seq_id // 3) == k).flatten() for k in range(3)]
+        pieces = [row_token_stats(obj, sched, hidden[ix], head, t_hidden[ix], t_head, y[ix], chunk_size=5,
+                                  rows=rows.select(ix)) for ix in parts]
+        order = torch.cat(parts)
+        gathered = {k: torch.cat([p[k] for p in pieces]) for k in whole}
+        for k in whole:
+            if not torch.allclose(gathered[k].double(), whole[k][order].double(), rtol=1e-5, atol=1e-6):
+                problems.append(f"token_stats[{k!r}] depends on chunking/micro-batching")
+        # "processes" deliver rows in another order: weights must follow the rows, not positions
+        perm = torch.randperm(n, generator=_gen(76))
+        w_perm = obj.row_weights({k: x[perm] for k, x in whole.items() if k != BEHAVIOUR_STAT}, seq_id[perm], seg_id[perm])
+        if not torch.allclose(w_perm.double(), w_whole[perm].double(), rtol=1e-5, atol=1e-6):
+            problems.append("row_weights depend on the order of rows (use seq_id/segment_id, not positions)")
+        w_parts = obj.row_weights({k: x for k, x in gathered.items() if k != BEHAVIOUR_STAT}, seq_id[order], seg_id[order])
+        full = chunked_loss(obj, sched, hidden, head, t_hidden, t_head, y, chunk_size=7,
+                            rows=RowInfo(seq_id=seq_id, segment_id=seg_id, weight=w_whole))
+        (g_full,) = torch.autograd.grad(full.loss_sum, hidden)
+        acc = torch.zeros(())
+        start = 0
+        for ix in parts:
+            w = w_parts[start : start + len(ix)]
+            start += len(ix)
+            acc = acc + chunked_loss(obj, sched, hidden[ix], head, t_hidden[ix], t_head, y[ix], chunk_size=4,
+                                     rows=RowInfo(seq_id=seq_id[ix], segment_id=seg_id[ix], weight=w)).loss_sum
+        (g_acc,) = torch.autograd.grad(acc, hidden)
+        if not _close(acc.detach(), full.loss_sum.detach(), 1e-5, 1e-6):
+            problems.append(f"accumulated weighted loss {float(acc):.7g} vs one batch {float(full.loss_sum):.7g}")
+        if not _close(g_acc, g_full, 1e-5, 1e-6):
+            problems.append(f"weighted gradients differ by {_maxdiff(g_acc, g_full):.3g}")
+        zero = w_whole == 0
+        if bool(zero.any()) and float(g_full[zero].abs().max()) != 0.0:
+            problems.append("rows of weight 0 received a gradient")
+        return _result(name, problems, f"{int(zero.sum())}/{n} rows weight 0")
+
+    return _guard(name, run)
+
+
+def check_rows_reach(obj: Objective) -> CheckResult:
+    """Advantages and behaviour log-probs reach their own rows: changing row i's value changes only
+    row i's loss, and permuting rows permutes the losses."""
+    name = "rows_reach"
+
+    def run() -> CheckResult:
+        if not _needs_rows(obj):
+            return CheckResult(name, "skip", "objective uses no advantages or behaviour log-probs")
+        n, v = 10, 19
+        sched = _mid_sched(obj)
+        s = _logits(n, v, 81, dtype=torch.float64)
+        t = _logits(n, v, 82, dtype=torch.float64)
+        y = _targets(n, v, 83)
+        adv = synthetic_advantage(y, torch.float64) + 0.5
+        beh = synthetic_behaviour(s, y)
+
+        def loss(sl, tl, yy, a, b):
+            rows = RowInfo(advantage=a, behaviour_logprobs=b, seq_id=torch.arange(len(yy)))
+            return obj.per_token_loss(make_loss_chunk(obj, sl, tl, yy, rows=rows), sched).detach()
+
+        base = loss(s, t, y, adv, beh)
+        problems = []
+        for field in ("advantage", "behaviour"):
+            a2, b2 = adv.clone(), beh.clone()
+            if field == "advantage":
+                a2[3] = a2[3] + 1.7
+            else:
+                b2[3] = b2[3] - 0.9
+            changed = (loss(s, t, y, a2, b2) - base).abs() > 1e-12
+            # a behaviour change may leave a row's loss unchanged (a clipped ratio), never another row's
+            others = changed.clone()
+            others[3] = False
+            if bool(others.any()) or (field == "advantage" and not bool(changed[3])):
+                problems.append(f"changing row 3's {field} changed rows {torch.nonzero(changed).flatten().tolist()}")
+        perm = torch.randperm(n, generator=_gen(84))
+        if not torch.allclose(loss(s[perm], t[perm], y[perm], adv[perm], beh[perm]), base[perm], rtol=1e-12, atol=1e-12):
+            problems.append("permuting rows does not permute the per-row losses")
+        return _result(name, problems)
+
+    return _guard(name, run)
+
+
+@dataclass
+class _KitExample:
+    id: str = "kit-0"
+    prompt: str = "What is 2 + 3?"
+    response: str = "2 + 3 = 5\n#### 5"
+    answer: str | None = "5"
+    references: list = None  # type: ignore[assignment]
+    fields: dict = None  # type: ignore[assignment]
+    meta: dict = None  # type: ignore[assignment]
+
+
+def check_teacher_prompt(obj: Objective) -> CheckResult:
+    """``teacher_prompt`` returns text for the teacher's prompt only: a string that keeps the
+    student's question, differs from it, and leaves the example unchanged (the stage pairs it with
+    the student's own completion tokens; that alignment is tested with a tokenizer in the stage)."""
+    name = "teacher_prompt"
+
+    def run() -> CheckResult:
+        if type(obj).teacher_prompt is Objective.teacher_prompt:
+            return CheckResult(name, "skip", "objective keeps the student's prompt for the teacher")
+        ex = _KitExample()
+        before = dict(vars(ex))
+        text = obj.teacher_prompt(ex)
+        problems = []
+        if not isinstance(text, str):
+            problems.append(f"teacher_prompt must return a str, got {type(text).__name__}")
+        else:
+            if ex.prompt not in text:
+                problems.append("the teacher's prompt lost the student's question")
+            if text == ex.prompt:
+                problems.append("the teacher's prompt equals the student's")
+        if vars(ex) != before:
+            problems.append("teacher_prompt modified the example")
+        return _result(name, problems)
+
+    return _guard(name, run)
+
+
+def _v2_checks(obj: Objective) -> list[Callable[[Objective], CheckResult]]:
+    return [check_weight_one_identity, check_row_weights_invariance, check_rows_reach, check_teacher_prompt]
+
+
+# ---------------------------------------------------------------------------------------------
 # Reference formulas for the built-ins (fp64, deliberately naive and independent)
 # ---------------------------------------------------------------------------------------------
 def _ref_ce(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
@@ -652,7 +884,61 @@ def _ref_onpolicy_pg(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dic
     return -(reward - baseline) * log_ps_y
 
 
+def _ref_opsd(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
+    ps, pt = torch.softmax(s, -1), torch.softmax(t, -1)
+    if obj.params.divergence == "reverse":
+        return _kl_naive(ps, pt)
+    if obj.params.divergence == "forward":
+        return _kl_naive(pt, ps)
+    b = obj.params.jsd_beta
+    m = b * pt + (1 - b) * ps
+    return (b * _kl_naive(pt, m) + (1 - b) * _kl_naive(ps, m)) / (b * (1 - b))
+
+
+def _ref_tip(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
+    return _ref_rkl(obj, s, t, y, sched) if obj.params.divergence == "reverse" else _ref_fkl(obj, s, t, y, sched)
+
+
+def _ppo_clip_naive(logp_y: Tensor, anchor: Tensor, adv: Tensor, eps: float) -> Tensor:
+    ratio = torch.exp(logp_y) / torch.exp(anchor.detach())
+    return -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - eps, 1 + eps) * adv)
+
+
+def _ref_kdrl(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
+    rows = torch.arange(len(y))
+    ps, pt = torch.softmax(s, -1), torch.softmax(t, -1)
+    lps_y, lpt_y = torch.log(ps[rows, y]), torch.log(pt[rows, y])
+    pg = _ppo_clip_naive(lps_y, synthetic_behaviour(s, y), synthetic_advantage(y, s.dtype), obj.params.clip_eps)
+    est = obj.params.kl_estimator
+    if est == "full":
+        kl = _kl_naive(ps, pt)
+    elif est == "k2":
+        kl = 0.5 * (lps_y - lpt_y) ** 2
+    else:
+        kl = torch.exp(lpt_y - lps_y) - (lpt_y - lps_y) - 1
+    return pg + obj.params.kl_coef * kl
+
+
+def _ref_rlad(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
+    p = obj.params
+    rows = torch.arange(len(y))
+    lps_y = torch.log(torch.softmax(s, -1)[rows, y])
+    pt_y = torch.softmax(t, -1)[rows, y]
+    beh = synthetic_behaviour(s, y)
+    adv = synthetic_advantage(y, s.dtype)
+    anchor = torch.log(p.teacher_mix * pt_y + (1 - p.teacher_mix) * torch.exp(beh))
+    out = p.trrd_coef * _ppo_clip_naive(lps_y, anchor, adv, p.clip_eps)
+    if p.include_grpo_term:
+        out = out + _ppo_clip_naive(lps_y, beh, adv, p.clip_eps)
+    return out
+
+
 REFERENCE_LOSSES: dict[str, Reference] = {
+    "opsd": _ref_opsd,
+    "tip": _ref_tip,
+    "sod": lambda obj, s, t, y, sched: _ref_rkl(obj, s, t, y, sched),
+    "kdrl": _ref_kdrl,
+    "rlad": _ref_rlad,
     "sft": _ref_ce,
     "seqkd": _ref_ce,
     "supervised_kd": _ref_fkl,
@@ -688,6 +974,8 @@ def run_conformance(
 ) -> list[CheckResult]:
     """Run every applicable check on ``objective`` (class, registered name or instance)."""
     obj = _resolve(objective, params)
+    if _needs_rows(obj):
+        obj = _with_synthetic_rows(obj)
     checks: list[Callable[[Objective], CheckResult]] = [
         check_contract,
         check_zero_at_match,
@@ -699,6 +987,7 @@ def run_conformance(
     ]
     if memory:
         checks.append(check_chunked_memory)
+    checks.extend(_v2_checks(obj))
     checks.extend(_extra_checks(obj))
     with single_threaded():
         return [check(obj) for check in checks]

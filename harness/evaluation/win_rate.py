@@ -77,13 +77,30 @@ def pairwise_win_rate(
     return _aggregate(rows, order, seed, judge), rows
 
 
+def self_comparison(
+    items: Sequence[Mapping[str, Any]], order: Literal["random", "both"] = "random", seed: int = 0,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The baseline model against its own summaries: every item is a tie by construction (the
+    protocol), so the judge is not asked. Same aggregate and row shape as `pairwise_win_rate`;
+    the protocol says the judge was not called and how many outputs were byte-identical."""
+    rows = [{
+        "id": item.get("id", str(idx)), "output": item["output"], "baseline_output": item["baseline_output"],
+        "verdict": "tie", "score": 0.5, "judgements": [],
+    } for idx, item in enumerate(items)]
+    agg = _aggregate(rows, order, seed, None)
+    agg["protocol"]["judge"] = "not called: the baseline model compared with its own summaries scores 50% by construction"
+    agg["protocol"]["self_comparison"] = True
+    agg["protocol"]["identical_outputs"] = sum(1 for r in rows if r["output"] == r["baseline_output"])
+    return agg, rows
+
+
 def _item_outcome(score: float | None) -> Outcome:
     if score is None:
         return "malformed"
     return "win" if score > 0.5 else "loss" if score < 0.5 else "tie"
 
 
-def _aggregate(rows: list[dict[str, Any]], order: str, seed: int, judge: Judge) -> dict[str, Any]:
+def _aggregate(rows: list[dict[str, Any]], order: str, seed: int, judge: Judge | None) -> dict[str, Any]:
     scores = [r["score"] for r in rows if r["score"] is not None]
     n = len(scores)
     p = sum(scores) / n if n else float("nan")

@@ -43,6 +43,21 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return float(t.item())
 
+    def all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
+        """Sum gradients over processes in one flat buffer, after backward (no overlap). Only for
+        paths that run the student outside DDP's forward (contract-v2 objectives); v1 uses DDP."""
+        if self.world_size == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1).to(torch.float32) for g in grads]).to(self._comm_device())
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat = flat.to(params[0].device)
+        offset = 0
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[offset : offset + n].view_as(g).to(g.dtype).clone()
+            offset += n
+
     def any(self, flag: bool) -> bool:
         """True on every rank when `flag` is true on at least one (decisions that need all ranks)."""
         return self.all_reduce_sum(1.0 if flag else 0.0) > 0

@@ -24,6 +24,7 @@ from harness.io import atomic_write_json
 from harness.training.batching import collate, split_micro_batches
 from harness.training.checkpoint import CHECKPOINT_DIRNAME, TrainState, find_checkpoint, load_checkpoint, save_checkpoint
 from harness.training.checkpoint_policy import CheckpointPolicy
+from harness.training import rows as v2_rows
 from harness.training.distributed import DataParallelStudent, DistContext, init_distributed
 from harness.training.forward import lm_head, loss_hidden_states, sliced_head
 from harness.training.schedules import build_scheduler
@@ -50,6 +51,8 @@ class TrainingSetup:
     teacher_key: str = "teacher"
     teacher_cache_path: Path | None = None
     logit_columns: int | None = None  # set when heads differ in size but share the tokenizer (checked upstream)
+    # Contract v2: (examples, completion texts) -> rewards; set by the runner from the task (None: no reward).
+    reward: Any = None
 
 
 @dataclass
@@ -119,12 +122,15 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
     # --- the objective and what it needs ------------------------------------------------------
     objective = build_objective(cfg.objective.name, cfg.objective.params)
     signal_needed = required_signal(objective)
-    if signal_needed != TeacherSignal.NONE and setup.teacher is None:
-        raise ValueError(f"objective {objective.name!r} needs a teacher ({signal_needed.value}) but none was loaded")
+    v2 = objective.uses_contract_v2()
     student, teacher, tok = setup.student, setup.teacher, setup.tokenizer
+    if v2:
+        teacher = v2_rows.check_objective(objective, setup, student)
+    if signal_needed != TeacherSignal.NONE and teacher is None:
+        raise ValueError(f"objective {objective.name!r} needs a teacher ({signal_needed.value}) but none was loaded")
     device = dist.device
     student.to(device).train()
-    if teacher is not None:
+    if teacher is not None and teacher is not student:  # contract v2 "self_live": the student teaches itself
         teacher.to(device).eval().requires_grad_(False)
     use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda")
     autocast_dtype = torch.bfloat16 if use_bf16 else None
@@ -166,10 +172,13 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
     # One generation call per process per step (the whole share of the batch) unless a smaller
     # generation batch is set: decoding is memory-bound, so a wider batch is nearly free per row.
     gen_batch = generation_batch_size(tc, dist.world_size)
+    # The vLLM engine is built at the first on-policy step, so objectives that never roll out never start one.
+    student_backend = None if tc.rollout_backend == "vllm" else HFGenerationBackend(
+        rollout_model or student, tok, batch_size=gen_batch)
     builder = SequenceBuilder(
         tokenizer=tok, render=setup.render_prompt, max_prompt_tokens=tc.max_prompt_tokens,
         max_response_tokens=tc.max_response_tokens, rollout=rollout,
-        student_backend=HFGenerationBackend(rollout_model or student, tok, batch_size=gen_batch),
+        student_backend=student_backend,
         teacher_backend=HFGenerationBackend(teacher, tok, batch_size=gen_batch) if teacher is not None else None,
         teacher_cache=(TeacherGenerationCache(setup.teacher_cache_path, setup.teacher_key)
                        if tc.cache_teacher_generations and setup.teacher_cache_path else None),
@@ -187,7 +196,9 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
         bar = tqdm(total=total_steps, initial=state.step, desc=f"train {objective.name}", unit="step", leave=False)
 
     policy = CheckpointPolicy(tc.checkpoint_every, tc.checkpoint_every_s, start_step=state.step)
-    trainer = DataParallelStudent(student, dist, loss_hidden_states, static_graph=tc.gradient_checkpointing)
+    # v1 objectives: DDP. Contract-v2 objectives run the student in harness/training/rows.py, outside
+    # the DDP forward, and sum gradients with DistContext.all_reduce_grads instead.
+    trainer = None if v2 else DataParallelStudent(student, dist, loss_hidden_states, static_graph=tc.gradient_checkpointing)
     interrupted = {"flag": False}
     previous_handler = _install_sigint(interrupted)
     budget = tc.budget
@@ -204,19 +215,39 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                 source = pick_source(objective.source_mix(step / max(total_steps - 1, 1)), cfg.seed, step)
 
                 # 1. this process's share of the global batch, as token sequences
-                if rollout_model is not None and source is SequenceSource.STUDENT:
-                    sync_rollout_copy(rollout_model, student)  # sample from the current policy
+                if source is SequenceSource.STUDENT:  # sample from the current policy
+                    if rollout_model is not None:
+                        sync_rollout_copy(rollout_model, student)
+                    if tc.rollout_backend == "vllm":
+                        if student_backend is None:
+                            student_backend = builder.student_backend = vllm_rollout_backend(cfg, student, tok, dist)
+                        student_backend.sync_weights(student)
                 idx = global_batch_indices(step, tc.batch_size, len(setup.examples), cfg.seed)[dist.rank :: dist.world_size]
                 gen_before = seq_counters.generated_tokens
-                seqs = builder.build([setup.examples[i] for i in idx], source,
-                                     seed=cfg.seed * 1_000_003 + step * 101 + dist.rank)
+                if v2:  # contract v2 (groups, rewards, teacher prompts, row weights): harness/training/rows.py
+                    step_rows, seqs = v2_rows.build_for_step(
+                        objective, builder, setup, [setup.examples[i] for i in idx], source,
+                        seed=cfg.seed * 1_000_003 + step * 101 + dist.rank, pad_id=pad_id,
+                        micro_batch_size=tc.micro_batch_size, dist=dist,
+                        teacher_prompt_limit=tc.max_prompt_tokens + tc.max_response_tokens)
+                else:
+                    seqs = builder.build([setup.examples[i] for i in idx], source,
+                                         seed=cfg.seed * 1_000_003 + step * 101 + dist.rank)
                 n_global = dist.all_reduce_sum(sum(len(s.completion_ids) for s in seqs))
                 t_sequences = time.perf_counter()
 
                 # 2. forward/backward over micro-batches, normalized by the GLOBAL loss-token count
                 loss_sum = entropy_sum = kl_sum = 0.0
                 fwd_tokens = 0
-                micros = split_micro_batches(seqs, tc.micro_batch_size)
+                t_fwd_tokens = None
+                if v2:
+                    loss_sum, entropy_sum, kl_sum, fwd_tokens, t_fwd_tokens = v2_rows.forward_backward(
+                        objective, sched, step_rows, student=student, teacher=teacher, s_head=s_head, t_head=t_head,
+                        autocast_dtype=autocast_dtype, chunk_size=tc.loss_chunk_size, dist=dist, device=device,
+                        n_global=n_global, loss_fn=_objective_loss)
+                    dist.all_reduce_grads(params)  # the v2 rows path runs the student outside DDP
+                # v1: unchanged (the v2 path above already ran forward/backward)
+                micros = [] if v2 else split_micro_batches(seqs, tc.micro_batch_size)
                 for k, micro in enumerate(micros):
                     batch = collate(micro, pad_id).to(device)
                     fwd_tokens += batch.n_tokens
@@ -256,7 +287,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                 counters["generated_tokens"] += dist.all_reduce_sum(seq_counters.generated_tokens - gen_before)
                 counters["student_forward_tokens"] += dist.all_reduce_sum(fwd_tokens)
                 if t_head is not None:
-                    counters["teacher_forward_tokens"] += dist.all_reduce_sum(fwd_tokens)
+                    counters["teacher_forward_tokens"] += dist.all_reduce_sum(fwd_tokens if t_fwd_tokens is None else t_fwd_tokens)
                 counters["loss_tokens"] += n_global
                 counters["train_wall_time_s"] += dt
                 row = {
@@ -269,6 +300,8 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                     "sequences_s": t_sequences - t0, "forward_backward_s": t_backward - t_sequences,
                     "optimizer_s": time.perf_counter() - t_backward, **sched,
                 }
+                if v2:
+                    row.update(v2_rows.step_telemetry(step_rows, dist))
                 if dist.is_main:
                     telemetry.append(row)
                     trackers.log(row, state.step)
@@ -311,7 +344,8 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
         "teacher_signal": signal_needed.value, "loss_chunk_size": tc.loss_chunk_size,
         "stopped_by_budget": budget_spent() and state.step < total_steps,
         "budget": budget.model_dump() if budget is not None else None,
-        "precision": "bf16" if use_bf16 else "fp32", **{k: counters[k] for k in counters},
+        "precision": "bf16" if use_bf16 else "fp32", "rollout_backend": tc.rollout_backend,
+        "rollout_weight_syncs": getattr(student_backend, "syncs", None), **{k: counters[k] for k in counters},
     }
     finished = state.step >= total_steps or budget_spent()
     if finished and dist.is_main:
@@ -343,6 +377,17 @@ def generation_batch_size(tc, world_size: int) -> int:
     return min(tc.generation_batch_size, share) if tc.generation_batch_size else share
 
 
+def vllm_rollout_backend(cfg: RunConfig, student, tok, dist: DistContext):
+    """A colocated vLLM engine for the student's architecture; the loop pushes the weights into it
+    before every on-policy step (resumed runs included), so nothing is pushed here."""
+    from harness.vllm_backend import VLLMGenerationBackend
+
+    v = cfg.train.vllm
+    return VLLMGenerationBackend.for_model(
+        student, tok, gpu_memory_utilization=v.gpu_memory_utilization, sleep=v.sleep, max_model_len=v.max_model_len,
+        seed=cfg.seed * 1_000 + dist.rank, world_size=dist.world_size, sync="caller")
+
+
 def bf16_rollout_copy(student: torch.nn.Module) -> torch.nn.Module | None:
     """A bf16 copy of the student for sampling rollouts (None when the student already is bf16).
 
@@ -364,17 +409,21 @@ def sync_rollout_copy(rollout_model: torch.nn.Module, student: torch.nn.Module) 
         dst.copy_(src)
 
 
-def _objective_loss(objective, sched, h_s, s_head, h_t, t_head, targets, chunk_size, autocast_dtype):
-    """Chunked path by default (no [N, V] tensor for both models at once); dense when chunk_size is None."""
+def _objective_loss(objective, sched, h_s, s_head, h_t, t_head, targets, chunk_size, autocast_dtype, rows=None):
+    """Chunked path by default (no [N, V] tensor for both models at once); dense when chunk_size is None.
+
+    ``rows`` (contract v2 only) carries row weights and side information; v1 never passes it.
+    """
     import contextlib
 
     ctx = torch.autocast(h_s.device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+    extra = {} if rows is None else {"rows": rows}
     with ctx:
         if chunk_size is not None:
-            return chunked_loss(objective, sched, h_s, s_head, h_t, t_head, targets, chunk_size=chunk_size)
+            return chunked_loss(objective, sched, h_s, s_head, h_t, t_head, targets, chunk_size=chunk_size, **extra)
         s_logits = s_head(h_s).float()
         t_logits = t_head(h_t).float() if t_head is not None else None
-        return dense_loss(objective, sched, s_logits, t_logits, targets)
+        return dense_loss(objective, sched, s_logits, t_logits, targets, **extra)
 
 
 def _save_final_model(student, tokenizer, model_dir: Path) -> None:

@@ -6,6 +6,11 @@ Reference: Jeffreys, "An invariant form for the prior probability in estimation 
 
 The objective reuses distill-bench's shared divergence math, so it gets the fp32-safe numerics
 and works unchanged in the dense and chunked loss paths.
+
+It also shows one contract-v2 hook pair: with ``keep_top_entropy`` < 1, ``token_stats`` records the
+student's entropy per row (no gradient) and ``row_weights`` keeps only the most uncertain share of
+the optimizer step's rows (weight 1, the others 0 and skipped). At the default 1.0 the hooks are
+off (``uses_row_weights``) and the stage runs the plain v1 path.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ __all__ = ["Jeffreys", "JeffreysParams", "reference"]
 
 class JeffreysParams(ObjectiveParams):
     forward_weight: float = Field(0.5, ge=0.0, le=1.0, description="weight w of KL(p_T||p_S); 1 − w goes to KL(p_S||p_T)")
+    keep_top_entropy: float = Field(1.0, gt=0.0, le=1.0, description="train only on this share of rows, by student entropy")
 
 
 @register_objective
@@ -45,6 +51,18 @@ class Jeffreys(Objective):
     @property
     def divergence_direction(self) -> str | None:  # type: ignore[override]
         return {1.0: "forward", 0.0: "reverse"}.get(self.params.forward_weight)
+
+    # -- contract v2 (optional): weights from detached per-row statistics ---------------------
+    def uses_row_weights(self) -> bool:
+        return self.params.keep_top_entropy < 1.0
+
+    def token_stats(self, chunk: LossChunk, sched: dict[str, float]) -> dict[str, Tensor]:
+        return {"entropy": D.entropy(D.log_probs(chunk.student_logits.detach()))}
+
+    def row_weights(self, stats: dict[str, Tensor], seq_id: Tensor, segment_id: Tensor) -> Tensor:
+        # called once per optimizer step over ALL its rows: a whole-step quantile is safe here
+        threshold = torch.quantile(stats["entropy"].double(), 1.0 - self.params.keep_top_entropy)
+        return (stats["entropy"].double() >= threshold).float()
 
     def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
         assert chunk.teacher_logits is not None  # guaranteed by teacher_signal = FULL_LOGITS
