@@ -16,6 +16,17 @@ from harness.errors import ConfigError, DistillBenchError
 EPILOG = "Docs: README.md. Objectives are plugins: see `distill-bench objectives` and objectives/README.md."
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts: 0 or a negative number would silently mean "no cap" or train nothing."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a whole number >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1 (omit the option for no cap)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="distill-bench",
@@ -53,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "telemetry.jsonl and train_summary.json; rerunning resumes from the checkpoint.")
     tr.add_argument("config", help="run YAML (see examples/train_*.yaml)")
     tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. objective.params.beta_start=0.5")
-    tr.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps")
-    tr.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
+    tr.add_argument("--max-steps", type=positive_int, default=None, help="cap on optimizer steps (>= 1)")
+    tr.add_argument("--limit", type=positive_int, default=None, help="use only the first N training examples (>= 1)")
     tr.add_argument("--output-dir", default=None, help="run directory (default: the config's output_dir)")
     tr.add_argument("--data-dir", default=None, help="local data directory")
     tr.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -64,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "Writes per-example JSONL and an aggregate JSON with the exact protocol.")
     ev.add_argument("model", help="model: Hub id, local HF dir, .gguf file, package:<module>/<file>, or smollm2-135m-instruct")
     ev.add_argument("--tasks", default="gsm8k,humaneval,dialogsum", help="comma-separated tasks (default: all three)")
-    ev.add_argument("--limit", type=int, default=None, help="evaluate N examples per task (a fixed seeded subset)")
+    ev.add_argument("--limit", type=positive_int, default=None, help="evaluate N examples per task (a fixed seeded subset)")
     ev.add_argument("--source", action="append", default=[], metavar="TASK=SOURCE",
                     help="data source per task: a source name from harness/tasks/<task>.yaml or file:<path> (repeatable)")
     ev.add_argument("--config", default=None, help="YAML with an `eval:` section (EvalConfig) and optional `teacher:` for diagnostics/baselines")
@@ -113,6 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args) or 0
     except DistillBenchError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        from harness.io import DISK_ERRNOS, disk_error
+
+        if err.errno not in DISK_ERRNOS:
+            raise
+        # A write outside the atomic writers (a library's save, a cache) hit a full or read-only disk.
+        print(f"error: {disk_error(err.filename or '.', err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
@@ -163,7 +182,18 @@ def cmd_train(args) -> int:
         raw_overrides.append(f"data_dir={args.data_dir}")
     cfg = load_run_config(args.config, raw_overrides)
     out = Path(args.output_dir or cfg.output_dir)
-    result = run_training(cfg, out, max_steps=args.max_steps, limit=args.limit, progress=not args.no_progress)
+    from harness.locks import FileLock
+
+    import contextlib
+    import os
+
+    # Two `train`s into one run directory would interleave telemetry and race on checkpoints. Under
+    # torchrun / accelerate every process runs this verb; only rank 0 writes files, so only it locks
+    # (a second launch's rank 0 then exits 2 and its launcher stops the group).
+    rank0 = os.environ.get("RANK", "0") == "0"
+    lock = FileLock(out / ".locks" / "train.lock", what=f"run directory {out}") if rank0 else contextlib.nullcontext()
+    with lock:
+        result = run_training(cfg, out, max_steps=args.max_steps, limit=args.limit, progress=not args.no_progress)
     print(json.dumps({"run_dir": str(result.run_dir), "model_dir": str(result.model_dir), **result.summary}, indent=2, default=str))
     return 0
 

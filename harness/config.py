@@ -23,7 +23,9 @@ TASK_NAMES = ("gsm8k", "humaneval", "dialogsum")
 class StrictModel(BaseModel):
     """Base for all config sections: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `lr: .inf` (or any nan/inf number) is refused here, before a run trains
+    # a model into non-finite steps and calls it done.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSpec(StrictModel):
@@ -100,8 +102,15 @@ class TaskConfig(StrictModel):
     @field_validator("train_source", "eval_source")
     @classmethod
     def _file_exists(cls, v: str) -> str:
-        if v.startswith("file:") and not Path(os.path.expanduser(v[5:])).exists():
-            raise ValueError(f"data file {v[5:]!r} does not exist; give an existing path after `file:`")
+        if v.startswith("file:"):
+            path = Path(os.path.expanduser(v[5:]))
+            if not path.exists():
+                raise ValueError(f"data file {v[5:]!r} does not exist; give an existing path after `file:`")
+            # A directory or unreadable file used to pass here and fail only after the first cell trained.
+            if not path.is_file():
+                raise ValueError(f"data source {v[5:]!r} is not a regular file; give the path of a .jsonl/.json/.parquet file after `file:`")
+            if not os.access(path, os.R_OK):
+                raise ValueError(f"data file {v[5:]!r} is not readable by this user; fix its permissions or copy it")
         return v
 
 
@@ -111,6 +120,11 @@ class ObjectiveConfig(StrictModel):
     name: str
     label: str | None = Field(None, description="row name in the leaderboard (default: the objective name)")
     params: dict[str, Any] = {}
+
+    @field_validator("label")
+    @classmethod
+    def _label_is_path_component(cls, v: str | None) -> str | None:
+        return None if v is None else plain_path_component(v, "label")
 
     @model_validator(mode="after")
     def _validate_against_registry(self) -> "ObjectiveConfig":
@@ -429,6 +443,19 @@ class SuiteConfig(StrictModel):
     teacher_prep: TeacherPrepConfig | None = Field(
         None, description="fine-tune each task's teacher on its training split first (cached, shared by the task's cells)")
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_path_component(cls, v: str) -> str:
+        return plain_path_component(v, "suite name")
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, v: list[int]) -> list[int]:
+        dup = sorted({s for s in v if v.count(s) > 1})
+        if dup:
+            raise ValueError(f"seeds repeat {dup}: two cells would share one results directory; list each seed once")
+        return v
+
     @model_validator(mode="after")
     def _cross_checks(self) -> "SuiteConfig":
         names = [o.display_name() for o in self.objectives]
@@ -438,6 +465,10 @@ class SuiteConfig(StrictModel):
         for sw in self.sweeps:
             if sw.objective not in names:
                 raise ValueError(f"sweep names objective {sw.objective!r}, not in objectives {names}")
+            for v in [sw.param, *sw.values]:  # they become part of a cell's directory name
+                if any(c in str(v) for c in "/\\\0"):
+                    raise ValueError(f"sweep of {sw.objective!r}: {v!r} would put `/`, `\\` or NUL in a cell "
+                                     "directory name; use plain values")
         tasks = {t.name for t in self.tasks}
         for task, per_obj in self.task_objective_params.items():
             if task not in tasks:
@@ -465,7 +496,66 @@ class SuiteConfig(StrictModel):
                     raise ValueError(str(err)) from None
 
 
+def plain_path_component(value: str, what: str) -> str:
+    """`value` unchanged when it is usable as one directory name; names become paths under
+    --results-dir, so `..`, `.`, separators or a leading dot would write elsewhere or hide files."""
+    if (not value or value in (".", "..") or value.startswith(".") or any(c in value for c in "/\\\0")
+            or any(ord(c) < 32 for c in value)):
+        raise ValueError(f"{what} {value!r} must be a plain directory name (no `/`, `\\`, control characters, "
+                         "not `.`/`..`, no leading dot); rename it")
+    return value
+
+
 # ----------------------------------------------------------------------------- loading
+
+# A YAML alias may expand to a shared subtree; nested aliases ("billion laughs") grow exponentially
+# once anything walks the result. No config comes close to this many expanded nodes.
+MAX_YAML_NODES = 100_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses documents whose alias-expanded node count exceeds MAX_YAML_NODES."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _count_expanded(node, {}, [0])
+        return node
+
+
+def _count_expanded(node, memo: dict[int, int], total: list[int]) -> int:
+    """Nodes of the tree with every alias expanded, computed on the shared graph (memoized, so the
+    count itself stays cheap) and refused as soon as it passes the bound."""
+    key = id(node)
+    if key in memo:
+        size = memo[key]
+    else:
+        memo[key] = 1  # a recursive alias counts once instead of looping
+        if isinstance(node, yaml.MappingNode):
+            size = 1 + sum(_count_expanded(k, memo, [0]) + _count_expanded(v, memo, [0]) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(_count_expanded(v, memo, [0]) for v in node.value)
+        else:
+            size = 1
+        memo[key] = size
+    total[0] += size
+    if size > MAX_YAML_NODES or total[0] > MAX_YAML_NODES:
+        raise yaml.YAMLError(f"document expands to more than {MAX_YAML_NODES} nodes through aliases "
+                             "(a YAML alias bomb?); write the values out or use fewer nested aliases")
+    return size
+
+
+def safe_load_yaml(text: str) -> Any:
+    """yaml.safe_load with alias expansion bounded (see MAX_YAML_NODES)."""
+    return yaml.load(text, Loader=_BoundedLoader)
+
+
+def read_text_utf8(path: str | os.PathLike, what: str = "file") -> str:
+    """A file's text; non-UTF-8 bytes become a ConfigError naming the path and the byte offset."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 4]!r}); "
+                          "re-save it as UTF-8") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -484,7 +574,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(node, (dict, list)):
                 raise ConfigError(f"override {key!r}: {part!r} is not a section")
         leaf = parts[-1]
-        parsed = yaml.safe_load(value) if value != "" else None
+        try:
+            parsed = safe_load_yaml(value) if value != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {key!r}: value is not valid YAML: {exc}") from None
         if isinstance(node, list):
             node[_list_index(leaf, key)] = parsed
         else:
@@ -520,7 +613,7 @@ def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found; pass the path to a YAML file")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = safe_load_yaml(read_text_utf8(p, "config file"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

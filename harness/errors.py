@@ -27,3 +27,12 @@ class ObjectiveError(DistillBenchError):
 
 class TrainingAborted(DistillBenchError):
     """Training stopped (e.g. too many non-finite steps); the last good checkpoint is intact."""
+
+
+class LockHeldError(DistillBenchError):
+    """Another live process writes the same results (or run) directory; the message names it."""
+
+
+class DiskError(DistillBenchError):
+    """Writing results failed for lack of space or permission; the message names the path, the
+    bytes needed where known, and how to resume."""

@@ -128,15 +128,20 @@ def _eval_gsm8k(backend, examples, prompts, task_def, cfg: EvalConfig, model, to
     for ex, prompt, out in zip(examples, prompts, outs):
         pred = extract_answer(out.text)
         target = ex.answer
-        correct = pred is not None and target is not None and answers_match(pred, target)
+        # An example without a gold answer cannot be scored: its row says so (correct None) and it is
+        # left out of the denominator instead of counting as wrong; the protocol records how many.
+        correct = None if target is None else (pred is not None and answers_match(pred, target))
         rows.append({"id": ex.id, "prompt": prompt, "output": out.text, "extracted": pred, "target": target,
-                     "correct": bool(correct), "finish_reason": out.finish_reason, "output_tokens": len(out.token_ids)})
-    n = len(rows)
+                     "correct": correct if correct is None else bool(correct), "finish_reason": out.finish_reason,
+                     "output_tokens": len(out.token_ids)})
+    scored = [r for r in rows if r["correct"] is not None]
+    n = len(scored)
     agg: dict[str, Any] = {
-        "accuracy": sum(r["correct"] for r in rows) / n if n else float("nan"), "n": n,
-        "mean_length": sum(r["output_tokens"] for r in rows) / n if n else float("nan"),
+        "accuracy": sum(r["correct"] for r in scored) / n if n else float("nan"), "n": n,
+        "mean_length": sum(r["output_tokens"] for r in rows) / len(rows) if rows else float("nan"),
         "protocol": {"name": "paper", "decoding": params.as_dict(), "prompt": "Q: {question} \\n\\nA: (chat template)",
-                     "extraction": "#### > \\boxed{} > 'the answer is' > last number"},
+                     "extraction": "#### > \\boxed{} > 'the answer is' > last number",
+                     "excluded_no_gold_answer": len(rows) - n},
     }
     if "lm_eval" in cfg.gsm8k.protocols:
         from harness.evaluation.gsm8k_lm_eval import lm_eval_data_source, run_lm_eval_gsm8k

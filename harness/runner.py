@@ -153,7 +153,16 @@ def run_evaluation_cli(args) -> None:
 
     raw: dict[str, Any] = {}
     if args.config:
-        raw = yaml.safe_load(Path(args.config).read_text()) or {}
+        from harness.config import read_text_utf8, safe_load_yaml
+
+        if not Path(args.config).is_file():
+            raise ConfigError(f"--config {args.config!r} not found; pass the path to a YAML file")
+        try:
+            raw = safe_load_yaml(read_text_utf8(args.config, "--config")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config {args.config} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"--config {args.config} must hold a mapping at top level")
     raw = apply_overrides(raw, list(args.overrides))
     eval_cfg = validate(EvalConfig, raw.get("eval", {}), f"{args.config or '<cli>'}:eval")
     teacher_spec = validate(ModelSpec, raw["teacher"], "teacher") if raw.get("teacher") else None

@@ -20,8 +20,9 @@ from typing import Any, Callable
 import yaml
 
 from harness.config import ModelSpec, RunConfig, SuiteConfig, TaskConfig, dump_yaml, load_suite_config
-from harness.errors import ConfigError
-from harness.io import atomic_write_json, atomic_write_text, read_json
+from harness.errors import ConfigError, LockHeldError, TrainingAborted
+from harness.io import atomic_write_json, atomic_write_text, read_json, remove_temporaries
+from harness.locks import SuiteLocks
 
 SCHEMA_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -275,14 +276,24 @@ class SuiteRunner:
         self._teacher_tok = None
         self._teacher_key: str | None = None  # which task teacher is in memory (one at a time)
         self._task_teachers: dict[str, Any] = {}
+        self.locks = None  # harness.locks.SuiteLocks while `run_suite_cli` holds the directory
 
     # -- layout ---------------------------------------------------------------------------------
     def cell_dir(self, cell: Cell) -> Path:
         return self.results_dir / "cells" / cell.cell_id
 
     def is_done(self, cell: Cell) -> bool:
+        """cell.json says "done". An unreadable cell.json (torn, garbage, not UTF-8) counts as not
+        done, with a warning: the cell is redone rather than crashing the run or trusting it."""
         f = self.cell_dir(cell) / "cell.json"
-        return f.is_file() and read_json(f).get("status") == "done"
+        if not f.is_file():
+            return False
+        try:
+            data = read_json(f)
+        except (OSError, ValueError) as exc:
+            print(f"warning: {f} is unreadable ({type(exc).__name__}); cell {cell.cell_id} will be redone", file=sys.stderr)
+            return False
+        return isinstance(data, dict) and data.get("status") == "done"
 
     def write_snapshot(self, cells: list[Cell]) -> None:
         """Write suite.yaml (the config these results come from), refusing a config that would mix
@@ -291,9 +302,9 @@ class SuiteRunner:
         self.results_dir.mkdir(parents=True, exist_ok=True)
         snap = self.results_dir / "suite.yaml"
         text = dump_yaml(self.cfg)
-        old_text = snap.read_text() if snap.exists() else None
+        old_text = _read_snapshot(snap) if snap.exists() else None
         if old_text is not None and old_text != text:
-            previous = yaml.safe_load(old_text) or {}
+            previous = _parse_snapshot(snap, old_text)
             problems = snapshot_conflicts(previous, self.cfg.model_dump(mode="json"))
             if problems:
                 raise ConfigError(
@@ -352,7 +363,9 @@ class SuiteRunner:
         return f"{which}: {spec.name or spec.model_dump(mode='json', exclude_none=True)}"
 
     # -- cells ------------------------------------------------------------------------------------
-    def run(self, cells: list[Cell]) -> None:
+    def run(self, cells: list[Cell]) -> dict[str, str]:
+        """Run the unfinished cells here, one at a time; returns {cell_id: error} of those whose
+        training aborted (recorded with status "failed"; the others continue)."""
         from tqdm.auto import tqdm
 
         # Rank 0's view of what is finished, so every rank walks the same cells in the same order.
@@ -360,10 +373,61 @@ class SuiteRunner:
         skipped = len(cells) - len(todo)
         if skipped and self.dist.is_main:
             print(f"{skipped} finished cells skipped (results in {self.results_dir / 'cells'})")
+        for cell in cells:
+            if cell not in todo and self.dist.is_main:
+                self._tidy_finished(cell)
         bar = tqdm(todo, desc=f"suite {self.cfg.name}", unit="cell", disable=not self.progress or not self.dist.is_main)
+        failed: dict[str, str] = {}
         for cell in bar:
             bar.set_postfix_str(cell.cell_id)
-            self.run_cell(cell)
+            lock = self.locks.cell_lock(cell.cell_id) if self.locks is not None else None
+            try:
+                if lock is not None:
+                    lock.acquire()
+            except LockHeldError as err:
+                print(f"skipping {cell.cell_id}: {err}", file=sys.stderr)
+                continue
+            try:
+                if self.is_done(cell):  # finished by another shard while this one waited
+                    continue
+                from harness.training.checkpoint import remove_orphans  # torch: not at import (dry runs)
+
+                if self.dist.is_main:
+                    remove_orphans(self.cell_dir(cell) / "train")
+                    remove_temporaries(self.cell_dir(cell), recursive=True)
+                self.dist.barrier()
+                self.run_cell(cell)
+            except TrainingAborted as err:
+                if self.dist.is_main:
+                    self._record_failure(cell, err)
+                failed[cell.cell_id] = str(err)
+            finally:
+                if lock is not None:
+                    lock.release()
+        return failed
+
+    def _record_failure(self, cell: Cell, err: Exception) -> None:
+        """A cell whose training aborted is "failed", not "done": recorded (as the Ray executor
+        records its failures) so the report lists it with the error and the next run retries it."""
+        self.commit_cell(cell, {
+            "schema_version": SCHEMA_VERSION, "cell_id": cell.cell_id, "kind": cell.kind, "objective": cell.objective,
+            "label": cell.label, "objective_params": cell.params, "task": cell.task, "seed": cell.seed,
+            "sweep": cell.sweep, "status": "failed", "error": str(err)})
+
+    def _tidy_finished(self, cell: Cell) -> None:
+        """Delete what a kill right after a cell finished left behind (its resume checkpoints, temp
+        dirs and files of interrupted writes); the cell's results are not touched."""
+        lock = self.locks.cell_lock(cell.cell_id) if self.locks is not None else None
+        try:
+            if lock is not None:
+                lock.acquire()
+        except LockHeldError:
+            return  # another run is looking at it; leave it be
+        try:
+            self._prune_cell_files(self.cell_dir(cell), models=False)
+        finally:
+            if lock is not None:
+                lock.release()
 
     def run_cell(self, cell: Cell) -> dict[str, Any]:
         """Compute one cell and commit its result (the local executor; Ray commits on the driver)."""
@@ -449,10 +513,17 @@ class SuiteRunner:
             "stability": stability_summary(telemetry) if telemetry.exists() else {},
             # Provenance: processes that trained this cell (data parallel) and that evaluated it.
             "world_size": {"train": int(train_summary.get("world_size", 1)) if cell.kind == "trained" else 0, "eval": 1},
+            "train_events": list(train_summary.get("resume_events") or []),
             **({"teacher": tt.provenance} if cell.teacher else {}),
             "metrics": metrics,
             "telemetry": str(telemetry.relative_to(cdir)) if telemetry.exists() else None,
         }
+        steps = record["stability"].get("steps")
+        if cell.kind == "trained" and steps is not None and steps != record["cost"]["optimizer_steps"]:
+            # Checkpoints carry their telemetry rows, so this should not happen; if it does, say so.
+            msg = f"telemetry has {steps} rows for {record['cost']['optimizer_steps']} optimizer steps"
+            record["train_events"].append(msg)
+            print(f"warning: {cell.cell_id}: {msg}", file=sys.stderr)
         if telemetry.exists():
             # The report reads telemetry beside cell.json.
             import shutil
@@ -467,12 +538,18 @@ class SuiteRunner:
         if record.get("status") == "done":
             self._prune_cell_files(cdir)
 
-    def _prune_cell_files(self, cdir: Path) -> None:
-        """A finished cell no longer needs its resume checkpoint (optimizer state: ~3x the model)."""
+    def _prune_cell_files(self, cdir: Path, models: bool = True) -> None:
+        """A finished cell no longer needs its resume checkpoints (optimizer state: ~3x the model)
+        nor the temporaries of writes a kill interrupted."""
         import shutil
 
-        shutil.rmtree(cdir / "train" / "checkpoint", ignore_errors=True)
-        if not self.cfg.keep_models:
+        from harness.training.checkpoint import CHECKPOINT_DIRNAME, OLD_DIRNAME, remove_orphans
+
+        for name in (CHECKPOINT_DIRNAME, OLD_DIRNAME):
+            shutil.rmtree(cdir / "train" / name, ignore_errors=True)
+        remove_orphans(cdir / "train")
+        remove_temporaries(cdir, recursive=True)
+        if models and not self.cfg.keep_models:
             shutil.rmtree(cdir / "train" / "model", ignore_errors=True)
 
     # -- DialogSum baseline summaries -----------------------------------------------------------------
@@ -482,7 +559,10 @@ class SuiteRunner:
             return None
         path = self.baseline_outputs_path()
         if path.exists():
-            return {"dialogsum": read_json(path)}
+            try:
+                return {"dialogsum": read_json(path)}
+            except (OSError, ValueError) as exc:
+                print(f"warning: {path} is unreadable ({type(exc).__name__}); regenerating it", file=sys.stderr)
         summaries = self.generate_baseline_summaries()
         atomic_write_json(path, summaries)
         return {"dialogsum": summaries}
@@ -550,6 +630,29 @@ def snapshot_conflicts(previous: dict[str, Any], current: dict[str, Any]) -> lis
     return problems
 
 
+def _read_snapshot(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(_damaged_snapshot(path, "it is not UTF-8 text")) from None
+
+
+def _parse_snapshot(path: Path, text: str) -> dict[str, Any]:
+    try:
+        previous = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(_damaged_snapshot(path, f"it is not valid YAML ({str(exc).splitlines()[0]})")) from None
+    if not isinstance(previous, dict):
+        raise ConfigError(_damaged_snapshot(path, "it does not hold a mapping"))
+    return previous
+
+
+def _damaged_snapshot(path: Path, why: str) -> str:
+    return (f"{path} is damaged: {why}. It records the configuration the finished cells were produced with, "
+            f"so nothing can be checked against it. Restore it (the previous one is in {path.parent / 'suite_history'} "
+            "when the config ever changed), or, if the results were made with exactly this config, delete it and rerun")
+
+
 def _without_new_empty_keys(previous: Any, current: Any) -> tuple[Any, Any]:
     """Drop settings the older snapshot lacks when the current value is empty (None or []): an option
     added since those results were written, left at its "off" default, changes none of them."""
@@ -604,20 +707,27 @@ def run_suite_cli(args, execute: Callable[["SuiteRunner", list[Cell]], dict[str,
     if args.dry_run:
         print("preflight: every prerequisite is in place")
         return 0
-    if dist.is_main:
-        runner.write_snapshot(cells)
-    dist.barrier()
-    failed: dict[str, str] = {}
-    if execute is not None:
-        failed = execute(runner, cells)
-    else:
-        runner.run(cells)
-    if not dist.is_main:
-        return 0
     from harness.report import build_report
 
-    # Written once, by this process, after every cell has finished or failed.
-    files = build_report(runner.results_dir, Path(args.leaderboards_dir), name=cfg.name)
+    import contextlib
+
+    # One writer per results dir (per shard): a second run exits 2 at once naming the holder. Under
+    # torchrun rank 0 is that writer (locks, snapshot, cell.json, report); the other ranks train with it.
+    with (SuiteLocks(runner.results_dir, args.shard) if dist.is_main else contextlib.nullcontext()) as locks:
+        runner.locks = locks
+        if dist.is_main:
+            if not args.shard:  # sole writer: temporaries at the top level are orphans of a killed run
+                remove_temporaries(runner.results_dir, recursive=False)
+            runner.write_snapshot(cells)
+        dist.barrier()
+        if execute is not None:
+            failed = execute(runner, cells)
+        else:
+            failed = runner.run(cells)
+        if not dist.is_main:
+            return 0
+        # Written once, by this process, after every cell has finished or failed.
+        files = build_report(runner.results_dir, Path(args.leaderboards_dir), name=cfg.name)
     print(f"suite {cfg.name}: {len(cells)} cells in {time.perf_counter() - t0:.0f}s; leaderboard: {files}")
     if failed:
         print(f"{len(failed)} cell(s) failed (listed under 'Missing cells' in the leaderboard; rerun to retry them):",

@@ -71,12 +71,17 @@ def read_records(path: str | Path, fmt: str = "auto") -> list[dict[str, Any]]:
     """All records of a data file as dicts, in file order."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
+        raise DataError(f"data file {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
     fmt = detect_format(path) if fmt == "auto" else fmt
-    if fmt == "jsonl":
-        return _read_jsonl(path)
-    if fmt in ("json", "json_instances"):
-        return _read_json(path)
+    try:
+        if fmt == "jsonl":
+            return _read_jsonl(path)
+        if fmt in ("json", "json_instances"):
+            return _read_json(path)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"data file {path} is not UTF-8 text (byte {exc.start}); re-save it as UTF-8") from None
+    except (gzip.BadGzipFile, EOFError) as exc:
+        raise DataError(f"data file {path}: damaged gzip stream ({exc}); fetch it again") from None
     if fmt == "parquet":
         return _read_parquet(path)
     raise DataError(f"unknown data format {fmt!r}; one of {FORMATS}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import os
 import random
 import re
@@ -288,7 +289,13 @@ def _is_loopback(host: str) -> bool:
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header, capped at 120; None (use our own backoff) when the
+    header is absent or not a finite non-negative number: `-1` or `nan` would crash time.sleep, and
+    an HTTP-date form is rare enough for judges that the backoff is a fine answer to it."""
     try:
-        return min(float(value), 120.0) if value is not None else None
+        seconds = float(value) if value is not None else None
     except ValueError:
         return None
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, 120.0)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from harness.io import read_jsonl
+from harness.io import scan_jsonl
 
 SCHEMA_VERSION = 1
 TASKS = ("gsm8k", "humaneval", "dialogsum")
@@ -108,14 +108,20 @@ class Cell:
         return self._read_rows(self.dir / "telemetry.jsonl") or []
 
     def _read_rows(self, path: Path) -> list[dict[str, Any]] | None:
-        """JSONL rows, or None when absent or unreadable (noted in `problems`: a report never crashes on one file)."""
+        """JSONL rows, or None when absent or unreadable. Never silent: every skipped line (torn by a
+        kill, malformed, not UTF-8) is noted in `problems` with its file and line, which the report
+        prints in its caveats, so a cell whose statistics rest on fewer rows is marked."""
         if not path.is_file():
             return None
         try:
-            return [r for r in read_jsonl(path) if isinstance(r, dict)]
-        except (OSError, ValueError) as exc:
+            rows, skipped = scan_jsonl(path)
+        except OSError as exc:
             self.problems.append(f"{self.cell_id}: unreadable {path.relative_to(self.dir).as_posix()} ({type(exc).__name__})")
             return None
+        for line in skipped:
+            where = line.replace(str(path), path.relative_to(self.dir).as_posix(), 1)
+            self.problems.append(f"{self.cell_id}: {where} (this cell's figures use the remaining rows)")
+        return rows
 
 
 @dataclass(frozen=True)
@@ -285,14 +291,14 @@ def _read_json_or_none(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: bad JSON, and bytes that are not UTF-8
         return None
 
 
 def _read_yaml_or_none(path: Path) -> dict[str, Any] | None:
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: bytes that are not UTF-8
         return None
     return loaded if isinstance(loaded, dict) else None
 

@@ -20,7 +20,8 @@ VERDICT_SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}  # "malformed" is left out
 
 
 def _gsm8k_correct(rows: Records) -> Scores:
-    return {str(r["id"]): 1.0 if r.get("correct") else 0.0 for r in rows if "id" in r}
+    # correct None: no gold answer, excluded from the accuracy's denominator (eval_runner._eval_gsm8k)
+    return {str(r["id"]): 1.0 if r.get("correct") else 0.0 for r in rows if "id" in r and r.get("correct") is not None}
 
 
 def _pass_at(k: int) -> Callable[[Records], Scores]:

@@ -1,15 +1,24 @@
-"""Atomic training checkpoints: model, optimizer, scheduler, RNG states, data position, telemetry offset.
+"""Atomic, verified training checkpoints: model, optimizer, scheduler, RNG states, data position,
+telemetry rows.
 
 A checkpoint is a directory written under a temporary name and renamed into place, so a run killed
-at any instant leaves either the previous checkpoint or the new one, never a torn one.
+at any instant leaves either the previous checkpoint or the new one, never a torn one. Each holds a
+`manifest.json` (CRC-32 and size of every file, written last) that is checked before a resume: a
+damaged checkpoint (bit rot, a truncated file, edited state) is discarded and the previous good one
+used, or the run restarts from step 0, and the reason is returned for the run's record. The
+checkpoint also carries a copy of telemetry.jsonl up to its step, so a resume restores exactly the
+rows that belong to it even when the live file was torn mid-line.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
+import sys
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.io import atomic_write_json, read_json
+from harness.io import atomic_write_bytes, atomic_write_json, disk_error, read_json, remove_temporaries
 
 CHECKPOINT_DIRNAME = "checkpoint"
+OLD_DIRNAME = CHECKPOINT_DIRNAME + ".old"
+MANIFEST = "manifest.json"
+TELEMETRY_COPY = "telemetry.jsonl"
+TMP_PREFIX = ".checkpoint-"
+REQUIRED_FILES = ("model.pt", "optim.pt", "state.json")
 
 
 @dataclass
@@ -51,17 +65,43 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, scheduler, state: TrainState) -> Path:
-    """Write `run_dir/checkpoint` atomically (tmp dir + rename; the old one is removed last)."""
+# torch.save reports a full disk as a RuntimeError from its zip writer ("unexpected pos ...",
+# "PytorchStreamWriter failed writing file ..."), not an OSError; these substrings identify it.
+_TORCH_WRITE_FAILURES = ("unexpected pos", "failed writing", "file write failed", "No space left")
+
+
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, scheduler, state: TrainState,
+                    telemetry_path: Path | None = None) -> Path:
+    """Write `run_dir/checkpoint` atomically (tmp dir + rename; the old one is removed last).
+
+    `telemetry_path`: the live telemetry.jsonl, copied in so a resume can restore its rows exactly.
+    A write that fails for lack of space or permission raises DiskError (path, bytes needed, how to
+    resume) and leaves the previous checkpoint as it was.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_orphans(run_dir)
     final = run_dir / CHECKPOINT_DIRNAME
-    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".checkpoint-"))
     trainable = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(trainable, tmp / "model.pt")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "optim.pt")
-    atomic_write_json(tmp / "state.json", state.to_json())
-    _fsync_dir(tmp)
-    old = run_dir / (CHECKPOINT_DIRNAME + ".old")
+    needed = sum(t.numel() * t.element_size() for t in trainable.values()) * 3  # weights + two Adam moments
+    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=TMP_PREFIX))
+    try:
+        torch.save(trainable, tmp / "model.pt")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+                   tmp / "optim.pt")
+        atomic_write_json(tmp / "state.json", state.to_json())
+        if telemetry_path is not None and Path(telemetry_path).is_file():
+            atomic_write_bytes(tmp / TELEMETRY_COPY, Path(telemetry_path).read_bytes())
+        atomic_write_json(tmp / MANIFEST, {"step": state.step, "files": _digest_files(tmp)})
+        _fsync_dir(tmp)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        resume = f"rerun the same command; training resumes from the previous checkpoint in {final}"
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+            raise disk_error(tmp, exc, needed, resume) from exc
+        if isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE_FAILURES):
+            raise disk_error(tmp, exc, needed, resume) from exc
+        raise
+    old = run_dir / OLD_DIRNAME
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
@@ -73,22 +113,172 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, scheduler,
     return final
 
 
+def _digest_files(directory: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    for p in sorted(directory.iterdir()):
+        if p.is_file() and p.name != MANIFEST:
+            out[p.name] = {CHECKSUM: _checksum(p), "bytes": p.stat().st_size}
+    return out
+
+
+# CRC-32, not a cryptographic hash: the threat is accidental damage (bit rot, torn or edited files),
+# which it detects with probability 1 - 2^-32, and it runs ~2.3x faster than sha256 here
+# (397-458 vs 148-199 MiB/s), which matters at ~1.1 GiB per checkpoint of the smoke student.
+CHECKSUM = "crc32"
+
+
+def _checksum(path: Path) -> str:
+    crc = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            crc = zlib.crc32(block, crc)
+    return f"{crc:08x}"
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None when `path` is a complete checkpoint whose files match its manifest, else why not."""
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        return None if _state_readable(path) else "state.json unreadable"  # pre-manifest checkpoint: see load_latest
+    try:
+        manifest = read_json(manifest_path)
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "manifest.json unreadable"
+    for name in REQUIRED_FILES:
+        if name not in files:
+            return f"manifest.json does not list {name}"
+    for name, meta in files.items():
+        p = path / name
+        if not p.is_file():
+            return f"missing {name}"
+        if p.stat().st_size != meta.get("bytes"):
+            return f"{name} has {p.stat().st_size} bytes, manifest says {meta.get('bytes')}"
+        if _checksum(p) != meta.get(CHECKSUM):
+            return f"{name} does not match its {CHECKSUM} checksum in manifest.json"
+    return None if _state_readable(path) else "state.json unreadable"
+
+
+def _state_readable(path: Path) -> bool:
+    try:
+        TrainState(**read_json(path / "state.json"))
+        return True
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def find_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint (a crash between the two renames leaves only `.old`)."""
-    for name in (CHECKPOINT_DIRNAME, CHECKPOINT_DIRNAME + ".old"):
+    """The newest checkpoint that passes verify_checkpoint (a crash between the two renames leaves only `.old`)."""
+    for name in (CHECKPOINT_DIRNAME, OLD_DIRNAME):
         cand = run_dir / name
-        if (cand / "state.json").is_file() and (cand / "model.pt").is_file() and (cand / "optim.pt").is_file():
+        if cand.is_dir() and verify_checkpoint(cand) is None:
             return cand
     return None
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> TrainState:
-    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    # Both blobs are read before anything is applied, so a file that fails to load leaves the
+    # model untouched and the caller can fall back to another checkpoint or to step 0.
+    weights = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
     blob = torch.load(path / "optim.pt", map_location="cpu", weights_only=False)
+    state = TrainState(**read_json(path / "state.json"))
+    model.load_state_dict(weights)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(blob["rng"])
-    return TrainState(**read_json(path / "state.json"))
+    return state
+
+
+@dataclass
+class Resumed:
+    """What `load_latest` found: the state (None: start at step 0), the checkpoint used, what happened."""
+
+    state: TrainState | None
+    path: Path | None
+    events: list[str]
+    telemetry: bytes | None = None  # the telemetry rows that belong to the state (restore these)
+
+
+def load_latest(run_dir: Path, model: torch.nn.Module, optimizer, scheduler,
+                live_telemetry: Path | None = None, owner: bool = True) -> Resumed:
+    """Load the newest good checkpoint into model/optimizer/scheduler; discard damaged ones.
+
+    Every discarded checkpoint adds an event (and a stderr line) saying which and why. A checkpoint
+    without a telemetry copy (written before manifests existed) is usable only when the live
+    telemetry still holds the rows its state counts; otherwise steps and telemetry would silently
+    diverge, so it is discarded too. Only the `owner` (the main process) deletes anything.
+    """
+    events: list[str] = []
+    if owner:
+        remove_orphans(run_dir)
+    for name in (CHECKPOINT_DIRNAME, OLD_DIRNAME):
+        cand = run_dir / name
+        if not cand.exists():
+            continue
+        why = verify_checkpoint(cand)
+        telemetry = None
+        if why is None:
+            state_json = read_json(cand / "state.json")
+            if (cand / TELEMETRY_COPY).is_file():
+                telemetry = (cand / TELEMETRY_COPY).read_bytes()
+                rows = _count_rows(telemetry)
+                if rows != state_json["telemetry_rows"]:
+                    why = f"its telemetry copy has {rows} rows, its state {state_json['telemetry_rows']}"
+            elif live_telemetry is not None:
+                have = _count_rows(live_telemetry.read_bytes()) if live_telemetry.is_file() else 0
+                if have < state_json["telemetry_rows"]:
+                    why = (f"telemetry.jsonl has {have} intact rows but the checkpoint counts "
+                           f"{state_json['telemetry_rows']} (torn or truncated)")
+        if why is None:
+            try:
+                state = load_checkpoint(cand, model, optimizer, scheduler)
+            except Exception as exc:  # noqa: BLE001 - any unloadable file means this checkpoint is unusable
+                why = f"does not load ({type(exc).__name__}: {str(exc)[:120]})"
+            else:
+                if owner and name == CHECKPOINT_DIRNAME and (run_dir / OLD_DIRNAME).exists():
+                    shutil.rmtree(run_dir / OLD_DIRNAME)  # superseded by the good newer one
+                if events:
+                    events.append(f"resumed from {name} at step {state.step}")
+                return Resumed(state, cand, events, telemetry)
+        msg = f"checkpoint {cand} damaged: {why}; discarded"
+        print(f"warning: {msg}", file=sys.stderr)
+        events.append(msg)
+        if owner:
+            shutil.rmtree(cand, ignore_errors=True)
+    if events:
+        events.append("no usable checkpoint left: training restarts from step 0")
+        print(f"warning: {events[-1]} in {run_dir}", file=sys.stderr)
+    return Resumed(None, None, events, None)
+
+
+def _count_rows(data: bytes) -> int:
+    """Complete, parseable JSON rows at the head of a JSONL byte string (stops at the first bad line)."""
+    n = 0
+    for line in data.split(b"\n")[:-1]:  # the piece after the last newline is empty or a torn write
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except ValueError:
+            break
+        n += 1
+    return n
+
+
+def remove_orphans(run_dir: Path) -> list[Path]:
+    """Remove temp dirs of checkpoint / final-model writes killed midway, and temp files of atomic
+    writes. The caller owns `run_dir` (a lock or a single process), so nothing here is in flight."""
+    removed = []
+    if not run_dir.is_dir():
+        return removed
+    for p in list(run_dir.glob(TMP_PREFIX + "*")) + list(run_dir.glob(".model-*")):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed + remove_temporaries(run_dir)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -22,7 +22,7 @@ from harness.errors import TrainingAborted
 from harness.generation import GenerationParams, HFGenerationBackend
 from harness.io import atomic_write_json
 from harness.training.batching import collate, split_micro_batches
-from harness.training.checkpoint import CHECKPOINT_DIRNAME, TrainState, find_checkpoint, load_checkpoint, save_checkpoint
+from harness.training.checkpoint import CHECKPOINT_DIRNAME, TrainState, find_checkpoint, load_latest, save_checkpoint
 from harness.training.checkpoint_policy import CheckpointPolicy
 from harness.training import rows as v2_rows
 from harness.training.distributed import DataParallelStudent, DistContext, init_distributed
@@ -150,14 +150,16 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
     # --- resume ----------------------------------------------------------------------------------
     telemetry = TelemetryLog(run_dir)
     trackers = Trackers(tc.log_with, run_dir, run_dir.name, cfg.model_dump(mode="json"), enabled=dist.is_main)
-    ckpt = find_checkpoint(run_dir)
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, student, optimizer, scheduler)
+    # Only a checkpoint that matches its manifest is resumed from; damaged ones are discarded and
+    # the reason goes into the summary (`resume_events`), so a fallback is never silent.
+    resumed = load_latest(run_dir, student, optimizer, scheduler, live_telemetry=telemetry.path, owner=dist.is_main)
+    if resumed.state is not None:
+        state = resumed.state
         student.to(device)
     else:
         state = TrainState(step=0, telemetry_rows=0, nonfinite_steps=0, nonfinite_in_row=0, counters={})
     if dist.is_main:
-        telemetry.truncate_to(state.telemetry_rows)
+        telemetry.restore(resumed.telemetry, state.telemetry_rows)
     resumed_from = state.step
     counters = {k: 0.0 for k in ("prompts_seen", "generated_tokens", "teacher_forward_tokens",
                                  "student_forward_tokens", "loss_tokens", "train_wall_time_s")}
@@ -323,7 +325,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                 stop_now = was_interrupted or (stop_after_step is not None and state.step >= stop_after_step)
                 if finite and dist.any(policy.due(state.step, interrupted=stop_now)):
                     if dist.is_main:
-                        save_checkpoint(run_dir, student, optimizer, scheduler, state)
+                        save_checkpoint(run_dir, student, optimizer, scheduler, state, telemetry_path=telemetry.path)
                     policy.saved(state.step)
                     dist.barrier()
                 if was_interrupted:
@@ -346,6 +348,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
         "budget": budget.model_dump() if budget is not None else None,
         "precision": "bf16" if use_bf16 else "fp32", "rollout_backend": tc.rollout_backend,
         "rollout_weight_syncs": getattr(student_backend, "syncs", None), **{k: counters[k] for k in counters},
+        "resume_events": resumed.events,
     }
     finished = state.step >= total_steps or budget_spent()
     if finished and dist.is_main:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from harness.io import append_jsonl, atomic_write_jsonl, iter_jsonl
+from harness.io import append_jsonl, atomic_write_bytes, atomic_write_jsonl, iter_jsonl
 
 TELEMETRY_FILENAME = "telemetry.jsonl"
 
@@ -24,6 +25,24 @@ class TelemetryLog:
 
     def truncate_to(self, n_rows: int) -> None:
         rows = list(iter_jsonl(self.path))[:n_rows] if self.path.exists() else []
+        atomic_write_jsonl(self.path, rows)
+        self.rows = len(rows)
+
+    def restore(self, saved: bytes | None, n_rows: int) -> None:
+        """Make the file hold exactly the `n_rows` rows of the resumed state: the checkpoint's own
+        copy when it has one (exact even if the live file was torn), else the live file's first
+        `n_rows` intact rows (the checkpoint loader checked there are that many)."""
+        if saved is not None:
+            atomic_write_bytes(self.path, saved)
+            self.rows = n_rows
+            return
+        rows = []
+        if self.path.exists() and n_rows:
+            for line in self.path.read_bytes().split(b"\n")[:-1]:
+                if len(rows) == n_rows:
+                    break
+                if line.strip():
+                    rows.append(json.loads(line))
         atomic_write_jsonl(self.path, rows)
         self.rows = len(rows)
 
