@@ -135,9 +135,9 @@ def test_step_interval_replaces_the_previous_checkpoint(tiny_model_dir, tmp_path
     seen = []
     real = L.save_checkpoint
 
-    def spy(run_dir, model, optimizer, scheduler, state):
+    def spy(run_dir, model, optimizer, scheduler, state, **kwargs):
         seen.append(state.step)
-        return real(run_dir, model, optimizer, scheduler, state)
+        return real(run_dir, model, optimizer, scheduler, state, **kwargs)
 
     monkeypatch.setattr(L, "save_checkpoint", spy)
     cfg = run_config(tiny_model_dir, "sft", checkpoint_every=2, checkpoint_every_s=None)
