@@ -180,10 +180,15 @@ class TrainConfig(StrictModel):
     max_new_tokens: int = Field(256, ge=1, description="rollout length for on-policy sequences")
     temperature: float = Field(0.5, ge=0)
     top_p: float = Field(0.5, gt=0, le=1)
-    rollout_precision: Literal["same", "bf16"] = Field(
-        "same", description="`same`: the student samples its on-policy rollouts with its training weights (exact); "
+    rollout_precision: Literal["auto", "same", "bf16"] = Field(
+        "auto", description="`same`: the student samples its on-policy rollouts with its training weights (exact); "
                             "`bf16`: a bf16 copy, refreshed before every on-policy step, samples them (half the "
-                            "weight bytes per decoded token; samples come from the bf16-rounded policy)")
+                            "weight bytes per decoded token; samples come from the bf16-rounded policy; the fp32 "
+                            "master weights are untouched); `auto`: bf16 on CUDA, same elsewhere")
+    generation_batch_size: int | None = Field(
+        None, ge=1, description="prompts per generation call (rollouts, teacher generations) on one process; "
+                                "null = the process's whole share of the step in one call. Independent of "
+                                "micro_batch_size, which only bounds forward/backward memory")
     rollout_backend: Literal["hf", "vllm"] = Field(
         "hf", description="who samples on-policy rollouts: `hf` (model.generate) or `vllm` (a colocated engine "
                           "fed the student's weights before every on-policy step; CUDA only)")
@@ -191,7 +196,12 @@ class TrainConfig(StrictModel):
     loss_chunk_size: int | None = Field(
         128, ge=1, description="loss positions per LM-head chunk (peak memory ~ chunk x vocab); null = dense logits")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    checkpoint_every: int = Field(50, ge=1)
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="write a resume checkpoint every N optimizer steps (null: time-based only)")
+    checkpoint_every_s: float | None = Field(
+        1800.0, gt=0, description="write a resume checkpoint once this many seconds of training passed since the last "
+                                  "one (null: step-based only). Whichever interval comes first; a run shorter than "
+                                  "the interval writes none unless interrupted (Ctrl-C always checkpoints)")
     max_nonfinite_in_row: int = Field(5, ge=1)
     cache_teacher_generations: bool = True
     gradient_checkpointing: bool = False

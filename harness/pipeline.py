@@ -34,7 +34,11 @@ class LoadedPair:
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device. Under `torchrun` / `accelerate launch` this initializes the process
+    group first, so each rank loads its models straight onto its own GPU (never all onto cuda:0)."""
+    from harness.training.distributed import init_distributed
+
+    return init_distributed().device
 
 
 def load_pair(teacher_spec: ModelSpec, student_spec: ModelSpec, *, need_teacher: bool = True,
@@ -105,6 +109,9 @@ def run_training(cfg: RunConfig, run_dir: Path, *, max_steps: int | None = None,
                  progress: bool = True, teacher: torch.nn.Module | None = None, stop_after_step: int | None = None,
                  save_model: bool = True) -> TrainResult:
     """`distill-bench train`: load, train (resuming if a checkpoint exists), save an HF checkpoint."""
+    from harness.training.distributed import init_distributed
+
+    dist = init_distributed()  # before any model load: it picks this rank's device
     objective = build_objective(cfg.objective.name, cfg.objective.params)
     from harness.task_rewards import check_reward_available
 
@@ -116,7 +123,7 @@ def run_training(cfg: RunConfig, run_dir: Path, *, max_steps: int | None = None,
                      allow_head_slice=cfg.allow_head_slice)
     setup = build_setup(cfg, pair, limit=limit)
     return train(cfg, run_dir, setup, max_steps=max_steps, progress=progress, stop_after_step=stop_after_step,
-                 save_model=save_model)
+                 save_model=save_model, dist=dist)
 
 
 def _needs_teacher_generation(objective) -> bool:

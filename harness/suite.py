@@ -268,8 +268,14 @@ def environment_info() -> dict[str, Any]:
 class SuiteRunner:
     """Runs the cells of one suite into results/NAME and rebuilds the leaderboard."""
 
-    def __init__(self, cfg: SuiteConfig, results_root: Path, *, data_dir: str | None = None, progress: bool = True):
+    def __init__(self, cfg: SuiteConfig, results_root: Path, *, data_dir: str | None = None, progress: bool = True,
+                 dist=None):
+        from harness.training.distributed import init_distributed
+
         self.cfg = cfg
+        # Under torchrun every rank runs every cell: training is data-parallel across ranks; rank 0
+        # alone evaluates and writes (one writer per file), the others wait for it at a barrier.
+        self.dist = dist or init_distributed()
         self.results_dir = Path(results_root) / cfg.name
         self.data_dir = data_dir or cfg.data_dir
         self.progress = progress
@@ -371,14 +377,15 @@ class SuiteRunner:
         training aborted (recorded with status "failed"; the others continue)."""
         from tqdm.auto import tqdm
 
-        todo = [c for c in cells if not self.is_done(c)]
+        # Rank 0's view of what is finished, so every rank walks the same cells in the same order.
+        todo = self.dist.broadcast_object([c for c in cells if not self.is_done(c)])
         skipped = len(cells) - len(todo)
-        if skipped:
+        if skipped and self.dist.is_main:
             print(f"{skipped} finished cells skipped (results in {self.results_dir / 'cells'})")
         for cell in cells:
-            if cell not in todo:
+            if cell not in todo and self.dist.is_main:
                 self._tidy_finished(cell)
-        bar = tqdm(todo, desc=f"suite {self.cfg.name}", unit="cell", disable=not self.progress)
+        bar = tqdm(todo, desc=f"suite {self.cfg.name}", unit="cell", disable=not self.progress or not self.dist.is_main)
         failed: dict[str, str] = {}
         for cell in bar:
             bar.set_postfix_str(cell.cell_id)
@@ -394,11 +401,14 @@ class SuiteRunner:
                     continue
                 from harness.training.checkpoint import remove_orphans  # torch: not at import (dry runs)
 
-                remove_orphans(self.cell_dir(cell) / "train")
-                remove_temporaries(self.cell_dir(cell), recursive=True)
+                if self.dist.is_main:
+                    remove_orphans(self.cell_dir(cell) / "train")
+                    remove_temporaries(self.cell_dir(cell), recursive=True)
+                self.dist.barrier()
                 self.run_cell(cell)
             except TrainingAborted as err:
-                self._record_failure(cell, err)
+                if self.dist.is_main:
+                    self._record_failure(cell, err)
                 failed[cell.cell_id] = str(err)
             finally:
                 if lock is not None:
@@ -431,7 +441,9 @@ class SuiteRunner:
     def run_cell(self, cell: Cell) -> dict[str, Any]:
         """Compute one cell and commit its result (the local executor; Ray commits on the driver)."""
         record = self.compute_cell(cell)
-        self.commit_cell(cell, record)
+        if self.dist.is_main:  # one writer under torchrun
+            self.commit_cell(cell, record)
+        self.dist.barrier()
         return record
 
     def compute_cell(self, cell: Cell, *, baseline_outputs: dict[str, dict[str, str]] | None = None,
@@ -452,6 +464,8 @@ class SuiteRunner:
         tt = self.task_teacher(cell.task)
         teacher, teacher_tok = self.teacher(cell.task)
         train_summary: dict[str, Any] = {}
+        if cell.kind == "baseline" and not self.dist.is_main:
+            return {}  # rank 0 evaluates the baseline alone; run_cell's barrier waits for it
         if cell.kind == "baseline":
             if cell.objective == "teacher":
                 model, tok = teacher, teacher_tok
@@ -470,11 +484,14 @@ class SuiteRunner:
                 train_summary, model_dir = train_data_parallel(run_cfg, cdir / "train", processes)
                 model, _ = load_model(ModelSpec(name=str(model_dir)), dtype=torch.float32, device=str(pick_device()))
             else:
+                # Under torchrun every rank is in here together: data-parallel training.
                 result = run_training(run_cfg, cdir / "train", progress=self.progress, teacher=teacher,
                                       save_model=self.cfg.keep_models)
                 train_summary = result.summary
                 model = result.student
             tok = teacher_tok
+            if not self.dist.is_main:
+                return {}  # rank 0 evaluates the trained student; run_cell's barrier waits for it
         t_eval = time.perf_counter()
         eval_task = task_cfg
         if baseline_outputs is None:
@@ -502,6 +519,8 @@ class SuiteRunner:
                 "peak_memory_bytes": train_summary.get("peak_memory_bytes", 0),
             },
             "stability": stability_summary(telemetry) if telemetry.exists() else {},
+            # Provenance: processes that trained this cell (data parallel) and that evaluated it.
+            "world_size": {"train": int(train_summary.get("world_size", 1)) if cell.kind == "trained" else 0, "eval": 1},
             "train_events": list(train_summary.get("resume_events") or []),
             **({"teacher": tt.provenance} if cell.teacher else {}),
             "metrics": metrics,
@@ -693,7 +712,13 @@ def run_suite_cli(args, execute: Callable[["SuiteRunner", list[Cell]], dict[str,
     cells = shard_cells(all_cells, args.shard)
     validate_cells(cfg, all_cells, args.overrides)  # every cell, not only this shard's: before any work
     t0 = time.perf_counter()
-    runner = SuiteRunner(cfg, Path(args.results_dir), data_dir=args.data_dir, progress=not args.no_progress)
+    from harness.training.distributed import init_distributed
+
+    dist = init_distributed()  # before any model load: each rank on its own device
+    if execute is not None and dist.world_size > 1:
+        raise ConfigError("--executor ray under torchrun: launch the driver as one process; Ray places the cells "
+                          "(a cell's data-parallel processes come from its `processes`/GPU request)")
+    runner = SuiteRunner(cfg, Path(args.results_dir), data_dir=args.data_dir, progress=not args.no_progress, dist=dist)
     if args.dry_run:
         print_plan(cfg, cells, len(all_cells))
     # Before any model is loaded: every missing prerequisite at once (exit 2), not one per failed cell hours in.
@@ -705,16 +730,23 @@ def run_suite_cli(args, execute: Callable[["SuiteRunner", list[Cell]], dict[str,
         return 0
     from harness.report import build_report
 
-    # One writer per results dir (per shard): a second run exits 2 at once naming the holder.
-    with SuiteLocks(runner.results_dir, args.shard) as locks:
+    import contextlib
+
+    # One writer per results dir (per shard): a second run exits 2 at once naming the holder. Under
+    # torchrun rank 0 is that writer (locks, snapshot, cell.json, report); the other ranks train with it.
+    with (SuiteLocks(runner.results_dir, args.shard) if dist.is_main else contextlib.nullcontext()) as locks:
         runner.locks = locks
-        if not args.shard:  # sole writer: temporaries at the top level are orphans of a killed run
-            remove_temporaries(runner.results_dir, recursive=False)
-        runner.write_snapshot(cells)
+        if dist.is_main:
+            if not args.shard:  # sole writer: temporaries at the top level are orphans of a killed run
+                remove_temporaries(runner.results_dir, recursive=False)
+            runner.write_snapshot(cells)
+        dist.barrier()
         if execute is not None:
             failed = execute(runner, cells)
         else:
             failed = runner.run(cells)
+        if not dist.is_main:
+            return 0
         # Written once, by this process, after every cell has finished or failed.
         files = build_report(runner.results_dir, Path(args.leaderboards_dir), name=cfg.name)
     print(f"suite {cfg.name}: {len(cells)} cells in {time.perf_counter() - t0:.0f}s; results in {runner.results_dir}")

@@ -89,3 +89,20 @@ def test_scaling_quick(tmp_path):
                          "--fixed-seq", "64", "--out-dir", str(tmp_path)]) == 0
     assert (tmp_path / "scaling.md").read_text().count("|") > 10
     assert (tmp_path / "scaling.json").exists()
+
+
+def test_gpu_pilot_quick_on_cpu(tmp_path):
+    """Plumbing of the GPU pilot (figures need a GPU): one paper-shaped cell, the paper plan's projection."""
+    import torch
+
+    from bench import gpu_pilot
+
+    if not torch.cuda.is_available():
+        assert gpu_pilot.main(["--out", str(tmp_path / "none.json")]) == 2  # refuses the default CUDA run clearly
+    out = tmp_path / "gpu_pilot.json"
+    assert gpu_pilot.main(["--quick", "--device", "cpu", "--steps", "2", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    cell, proj = data["cell"], data["projection"]
+    assert cell["steps"] == 2 and cell["train"]["batch_size"] == 16 and cell["train"]["micro_batch_size"] == 4
+    assert cell["rollout_tokens_per_s"] > 0 and cell["training_tokens_per_s"] > 0 and cell["peak_memory_bytes"] >= 0
+    assert proj["paper_cells"] > 0 and proj["paper_max_rollout_tokens"] > 0 and proj["rollout_hours_small_models"] > 0

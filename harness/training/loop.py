@@ -23,9 +23,10 @@ from harness.generation import GenerationParams, HFGenerationBackend
 from harness.io import atomic_write_json
 from harness.modeling.batching import collate
 from harness.training.batching import split_micro_batches
-from harness.training.checkpoint import TrainState, load_latest, save_checkpoint
+from harness.training.checkpoint import CHECKPOINT_DIRNAME, TrainState, find_checkpoint, load_latest, save_checkpoint
+from harness.training.checkpoint_policy import CheckpointPolicy
 from harness.training import rows as v2_rows
-from harness.training.distributed import DistContext, init_distributed
+from harness.training.distributed import DataParallelStudent, DistContext, init_distributed
 from harness.modeling.forward import lm_head, loss_hidden_states, sliced_head
 from harness.training.schedules import build_scheduler
 from harness.training.sequences import SequenceBuilder, SequenceCounters, TeacherGenerationCache
@@ -169,15 +170,19 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
     rollout = GenerationParams(max_new_tokens=tc.max_new_tokens, temperature=tc.temperature, top_p=tc.top_p,
                                stop=tuple(setup.stop), max_prompt_tokens=tc.max_prompt_tokens)
     seq_counters = SequenceCounters()
-    rollout_model = bf16_rollout_copy(student) if tc.rollout_precision == "bf16" else None
+    rollout_model = (bf16_rollout_copy(student)
+                     if resolve_rollout_precision(tc.rollout_precision, device) == "bf16" else None)
+    # One generation call per process per step (the whole share of the batch) unless a smaller
+    # generation batch is set: decoding is memory-bound, so a wider batch is nearly free per row.
+    gen_batch = generation_batch_size(tc, dist.world_size)
     # The vLLM engine is built at the first on-policy step, so objectives that never roll out never start one.
     student_backend = None if tc.rollout_backend == "vllm" else HFGenerationBackend(
-        rollout_model or student, tok, batch_size=tc.micro_batch_size)
+        rollout_model or student, tok, batch_size=gen_batch)
     builder = SequenceBuilder(
         tokenizer=tok, render=setup.render_prompt, max_prompt_tokens=tc.max_prompt_tokens,
         max_response_tokens=tc.max_response_tokens, rollout=rollout,
         student_backend=student_backend,
-        teacher_backend=HFGenerationBackend(teacher, tok, batch_size=tc.micro_batch_size) if teacher is not None else None,
+        teacher_backend=HFGenerationBackend(teacher, tok, batch_size=gen_batch) if teacher is not None else None,
         teacher_cache=(TeacherGenerationCache(setup.teacher_cache_path, setup.teacher_key)
                        if tc.cache_teacher_generations and setup.teacher_cache_path else None),
         counters=seq_counters,
@@ -193,6 +198,10 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
 
         bar = tqdm(total=total_steps, initial=state.step, desc=f"train {objective.name}", unit="step", leave=False)
 
+    policy = CheckpointPolicy(tc.checkpoint_every, tc.checkpoint_every_s, start_step=state.step)
+    # v1 objectives: DDP. Contract-v2 objectives run the student in harness/training/rows.py, outside
+    # the DDP forward, and sum gradients with DistContext.all_reduce_grads instead.
+    trainer = None if v2 else DataParallelStudent(student, dist, loss_hidden_states, static_graph=tc.gradient_checkpointing)
     interrupted = {"flag": False}
     previous_handler = _install_sigint(interrupted)
     budget = tc.budget
@@ -239,22 +248,25 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                         objective, sched, step_rows, student=student, teacher=teacher, s_head=s_head, t_head=t_head,
                         autocast_dtype=autocast_dtype, chunk_size=tc.loss_chunk_size, dist=dist, device=device,
                         n_global=n_global, loss_fn=_objective_loss)
+                    dist.all_reduce_grads(params)  # the v2 rows path runs the student outside DDP
                 # v1: unchanged (the v2 path above already ran forward/backward)
-                for micro in ([] if v2 else split_micro_batches(seqs, tc.micro_batch_size)):
+                micros = [] if v2 else split_micro_batches(seqs, tc.micro_batch_size)
+                for k, micro in enumerate(micros):
                     batch = collate(micro, pad_id).to(device)
                     fwd_tokens += batch.n_tokens
-                    h_s = loss_hidden_states(student, batch, autocast_dtype)
-                    h_t = None
-                    if t_head is not None:
-                        with torch.no_grad():
-                            h_t = loss_hidden_states(teacher, batch, autocast_dtype)
-                    res = _objective_loss(objective, sched, h_s, s_head, h_t, t_head, batch.targets,
-                                          tc.loss_chunk_size, autocast_dtype)
-                    (res.loss_sum / max(n_global, 1.0)).backward()
+                    # Gradients are summed across processes during the last micro-batch's backward.
+                    with trainer.micro_batch(final=k == len(micros) - 1):
+                        h_s = trainer.hidden_states(batch, autocast_dtype)
+                        h_t = None
+                        if t_head is not None:
+                            with torch.no_grad():
+                                h_t = loss_hidden_states(teacher, batch, autocast_dtype)
+                        res = _objective_loss(objective, sched, h_s, s_head, h_t, t_head, batch.targets,
+                                              tc.loss_chunk_size, autocast_dtype)
+                        (res.loss_sum / max(n_global, 1.0)).backward()
                     loss_sum += float(res.loss_sum.detach())
                     entropy_sum += res.entropy_sum
                     kl_sum += res.kl_sum
-                dist.all_reduce_grads(params)
                 t_backward = time.perf_counter()
 
                 # 3. clip, guard against non-finite values, step
@@ -303,17 +315,21 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                     bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("loss", "grad_norm", "beta", "tokens_per_s") and v is not None})
 
                 if state.nonfinite_in_row >= tc.max_nonfinite_in_row:
+                    kept = (f"The last good checkpoint in {run_dir} is intact" if find_checkpoint(run_dir) is not None
+                            else f"No checkpoint was due yet ({policy.describe()}), so a rerun starts over")
                     raise TrainingAborted(
                         f"{state.nonfinite_in_row} non-finite steps in a row (last at step {state.step}); stopping. "
-                        f"The last good checkpoint in {run_dir} is intact; lower train.lr or check the objective's parameters."
+                        f"{kept}; lower train.lr or check the objective's parameters."
                     )
-                last = state.step == total_steps or budget_spent()
-                stop_now = interrupted["flag"] or (stop_after_step is not None and state.step >= stop_after_step)
-                if (state.step % tc.checkpoint_every == 0 or last or stop_now) and finite:
+                # Every rank must take the same branch (the save ends in a barrier): decide together.
+                was_interrupted = dist.any(interrupted["flag"])
+                stop_now = was_interrupted or (stop_after_step is not None and state.step >= stop_after_step)
+                if finite and dist.any(policy.due(state.step, interrupted=stop_now)):
                     if dist.is_main:
                         save_checkpoint(run_dir, student, optimizer, scheduler, state, telemetry_path=telemetry.path)
+                    policy.saved(state.step)
                     dist.barrier()
-                if interrupted["flag"]:
+                if was_interrupted:
                     raise KeyboardInterrupt
                 if stop_now:
                     break
@@ -340,8 +356,29 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
         if save_model:
             _save_final_model(student, tok, model_dir)
         atomic_write_json(run_dir / SUMMARY_FILENAME, summary)
+        if save_model:
+            # The final model (weights only) supersedes the resume checkpoint and its optimizer state.
+            # Without a saved model (suites) it stays until the cell's evaluation is recorded.
+            import shutil
+
+            shutil.rmtree(run_dir / CHECKPOINT_DIRNAME, ignore_errors=True)
     dist.barrier()
     return TrainResult(run_dir, model_dir, state.step, total_steps, resumed_from, summary, student)
+
+
+def resolve_rollout_precision(setting: str, device: torch.device) -> str:
+    """`auto` samples rollouts from a bf16 copy on CUDA (decoding is bandwidth-bound there; the fp32
+    master weights stay exact) and from the training weights elsewhere (on CPU bf16 decoding saves
+    little and the exact policy is kept)."""
+    if setting == "auto":
+        return "bf16" if device.type == "cuda" else "same"
+    return setting
+
+
+def generation_batch_size(tc, world_size: int) -> int:
+    """Prompts per generation call on one process: the configured bound, else the process's whole share."""
+    share = max(1, tc.batch_size // world_size)
+    return min(tc.generation_batch_size, share) if tc.generation_batch_size else share
 
 
 def vllm_rollout_backend(cfg: RunConfig, student, tok, dist: DistContext):

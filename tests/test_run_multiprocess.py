@@ -1,0 +1,88 @@
+"""`distill-bench run` under `torchrun --nproc_per_node 2` (gloo, CPU) gives the 1-process leaderboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from harness.report import leaderboard_frame
+
+VOLATILE = ("time", "wall", "memory", "peak")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _suite(tmp_path: Path, model_dir: Path) -> Path:
+    gsm = tmp_path / "gsm.jsonl"
+    gsm.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i}"})
+                           + "\n" for i in range(8)))
+    suite = {
+        "name": "tiny2", "description": "tiny random models; multi-process equivalence",
+        "teacher": {"name": str(model_dir)},
+        "student": {"derive_from": "teacher", "keep_layers": [0, 3]},
+        "tasks": [{"name": "gsm8k", "train_source": f"file:{gsm}", "eval_source": f"file:{gsm}",
+                   "train_limit": 8, "eval_limit": 4}],
+        # Ground-truth sequences: sampled rollouts are drawn per process, so on-policy cells are
+        # equal in distribution, not bit for bit, across process counts.
+        "objectives": [{"name": "sft"}, {"name": "supervised_kd"}],
+        "seeds": [0],
+        "train": {"lr": 1e-3, "epochs": 1, "batch_size": 4, "micro_batch_size": 1, "max_new_tokens": 6,
+                  "max_prompt_tokens": 96, "max_response_tokens": 24, "precision": "fp32"},
+        "eval": {"batch_size": 4, "gsm8k": {"max_new_tokens": 8}, "diagnostics_limit": 2},
+        "baselines": ["teacher"],
+    }
+    path = tmp_path / "tiny2.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+def _run(launcher: list[str], suite: Path, out: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MASTER_ADDR": "127.0.0.1"}
+    cmd = [*launcher, "-m", "harness.cli", "run", str(suite), "--results-dir", str(out / "results"),
+           "--leaderboards-dir", str(out / "boards"), "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.mark.integration
+def test_two_process_run_gives_the_one_process_leaderboard(tiny_model_dir, tmp_path):
+    suite = _suite(tmp_path, tiny_model_dir)
+    _run([sys.executable], suite, tmp_path / "p1")
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+          f"--master_port={_free_port()}"], suite, tmp_path / "p2")
+
+    one, two = (leaderboard_frame(tmp_path / p / "results" / "tiny2") for p in ("p1", "p2"))
+    stable = lambda f: f[~f["metric"].str.lower().str.contains("|".join(VOLATILE))].reset_index(drop=True)  # noqa: E731
+    one, two = stable(one), stable(two)
+    assert len(one) == len(two) > 0
+    assert set(one["metric"]) >= {"accuracy", "teacher_kl", "ref_ce"}, set(one["metric"])
+    for col in one.columns:
+        if pd.api.types.is_numeric_dtype(one[col]):
+            # Gradients summed in another order (2 ranks x 2 micro-batches vs 4): float rounding only.
+            assert np.allclose(one[col].astype(float), two[col].astype(float), rtol=1e-4, atol=1e-6, equal_nan=True), \
+                (col, list(one[col]), list(two[col]))
+        else:
+            assert one[col].astype(str).tolist() == two[col].astype(str).tolist(), col
+
+    for p, ws in (("p1", 1), ("p2", 2)):
+        cells = {c.parent.name: json.loads(c.read_text()) for c in (tmp_path / p / "results" / "tiny2").glob("cells/*/cell.json")}
+        assert sorted(cells) == ["gsm8k__sft__s0", "gsm8k__supervised_kd__s0", "gsm8k__teacher"]
+        assert cells["gsm8k__sft__s0"]["world_size"] == {"train": ws, "eval": 1}
+        assert cells["gsm8k__teacher"]["world_size"] == {"train": 0, "eval": 1}
+        assert cells["gsm8k__sft__s0"]["cost"]["optimizer_steps"] == 2
+    # One writer: the 2-process run wrote exactly one telemetry row per step.
+    rows = (tmp_path / "p2" / "results" / "tiny2" / "cells" / "gsm8k__sft__s0" / "telemetry.jsonl").read_text().splitlines()
+    assert len(rows) == 2
