@@ -226,9 +226,11 @@ class TrainConfig(StrictModel):
     @model_validator(mode="after")
     def _micro_divides(self) -> "TrainConfig":
         if self.rollout_backend == "vllm":
-            if self.rollout_precision != "same":
+            # `auto` (the default) defers to the engine, which samples in bf16 itself; an explicit
+            # `bf16` copy would be a second, unused copy of the weights.
+            if self.rollout_precision == "bf16":
                 raise ValueError("rollout_precision: the vllm rollout backend already samples in bf16; "
-                                 "leave rollout_precision at `same` (the bf16 copy is for the hf backend)")
+                                 "leave rollout_precision at `auto` or `same` (the bf16 copy is for the hf backend)")
             _check_vllm_backend("rollout_backend")
         if self.batch_size % self.micro_batch_size:
             raise ValueError(

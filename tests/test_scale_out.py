@@ -37,7 +37,7 @@ def fake_rank_on_gpu_1(monkeypatch):
 def test_models_load_onto_the_rank_device_after_the_process_group(fake_rank_on_gpu_1, monkeypatch, tiny_model_dir):
     """`run_training` initializes distribution before loading, and both models go to cuda:1."""
     import harness.models
-    from harness import runner
+    from harness import pipeline as runner
 
     loads = []
 

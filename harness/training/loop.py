@@ -170,8 +170,10 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
     rollout = GenerationParams(max_new_tokens=tc.max_new_tokens, temperature=tc.temperature, top_p=tc.top_p,
                                stop=tuple(setup.stop), max_prompt_tokens=tc.max_prompt_tokens)
     seq_counters = SequenceCounters()
+    # The vLLM engine holds its own bf16 weights: no copy here for that backend.
     rollout_model = (bf16_rollout_copy(student)
-                     if resolve_rollout_precision(tc.rollout_precision, device) == "bf16" else None)
+                     if tc.rollout_backend == "hf" and resolve_rollout_precision(tc.rollout_precision, device) == "bf16"
+                     else None)
     # One generation call per process per step (the whole share of the batch) unless a smaller
     # generation batch is set: decoding is memory-bound, so a wider batch is nearly free per row.
     gen_batch = generation_batch_size(tc, dist.world_size)
