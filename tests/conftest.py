@@ -67,3 +67,25 @@ def shared_data_dir() -> Path:
     if found is None or not found.is_dir():
         pytest.skip("no data directory: set DISTILL_BENCH_DATA_DIR or place shared/data beside the checkout")
     return found
+
+
+@pytest.fixture(scope="session")
+def install_example(tmp_path_factory) -> Callable[[Path], Path]:
+    """`install(example_dir) -> site dir`: pip-install an example package from examples/ into a private
+    target directory, offline (no dependencies, no index), as a third party would install it."""
+    import shutil
+    import subprocess
+    import sys
+
+    def install(example: Path) -> Path:
+        tmp = tmp_path_factory.mktemp(example.name)
+        src = tmp / "src"  # build from a copy: setuptools writes build/ and *.egg-info next to the sources
+        shutil.copytree(example, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+        target = tmp / "site"
+        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+               "--disable-pip-version-check", "--quiet", "--target", str(target), str(src)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return target
+
+    return install

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,17 +21,9 @@ EXAMPLE = REPO / "examples" / "jeffreys_plugin"
 
 
 @pytest.fixture(scope="module")
-def installed_plugin(tmp_path_factory) -> Path:
-    """pip-install the example into a private target directory (offline, no dependencies)."""
-    tmp = tmp_path_factory.mktemp("plugin")
-    src = tmp / "src"  # build from a copy: setuptools writes build/ and *.egg-info next to the sources
-    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    target = tmp / "site"
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-           "--disable-pip-version-check", "--quiet", "--target", str(target), str(src)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return target
+def installed_plugin(install_example) -> Path:
+    """The example installed into a private target directory (offline, no dependencies)."""
+    return install_example(EXAMPLE)
 
 
 def test_entry_point_is_declared(installed_plugin: Path) -> None:
