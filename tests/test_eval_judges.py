@@ -4,12 +4,11 @@ against a fake OpenAI-compatible server on 127.0.0.1 (no other address is ever c
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 import pytest
 import torch
+
+from tests.fake_openai import FakeOpenAI, completion
 
 from harness.evaluation.judges import (
     HFModelJudge,
@@ -133,51 +132,11 @@ def test_hf_model_judge_with_a_real_tiny_llama(tiny_tokenizer) -> None:
 # ---------------------------------------------------------------- OpenAI-compatible HTTP judge
 
 
-class _FakeOpenAI:
-    """A local HTTP server; `script` maps the 1-based request number to (status, body bytes)."""
-
-    def __init__(self, script: Callable[[int], tuple[int, bytes]]) -> None:
-        self.requests: list[dict] = []
-        self.headers: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                length = int(self.headers.get("Content-Length", 0))
-                outer.requests.append({"path": self.path, "body": json.loads(self.rfile.read(length))})
-                outer.headers.append(dict(self.headers))
-                status, body = script(len(outer.requests))
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:  # keep test output clean
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> "_FakeOpenAI":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _completion(content: str) -> bytes:
-    return json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-
-
 def test_http_judge_retries_503_then_answers(monkeypatch) -> None:
     monkeypatch.setenv("FAKE_JUDGE_KEY", "sk-test")
     delays: list[float] = []
-    script = lambda i: (503, b'{"error": "busy"}') if i <= 2 else (200, _completion("B"))  # noqa: E731
-    with _FakeOpenAI(script) as fake:
+    script = lambda i: (503, b'{"error": "busy"}') if i <= 2 else (200, completion("B"))  # noqa: E731
+    with FakeOpenAI(script) as fake:
         judge = OpenAICompatibleJudge(fake.url, "judge-model", api_key_env="FAKE_JUDGE_KEY", timeout=5,
                                       max_retries=4, backoff=0.5, sleep=delays.append)
         assert judge.judge(DIALOGUE, GOOD, BAD) == "B"
@@ -194,9 +153,9 @@ def test_http_judge_429_honours_retry_after_and_v1_base_url() -> None:
     delays: list[float] = []
 
     def script(i: int) -> tuple[int, bytes]:
-        return (429, b"slow down") if i == 1 else (200, _completion("Verdict: A"))
+        return (429, b"slow down") if i == 1 else (200, completion("Verdict: A"))
 
-    with _FakeOpenAI(script) as fake:
+    with FakeOpenAI(script) as fake:
         judge = OpenAICompatibleJudge(fake.url + "/v1/", "m", timeout=5, backoff=3.0, sleep=delays.append)
         assert judge.judge(DIALOGUE, GOOD, BAD) == "A"
     assert fake.requests[0]["path"] == "/v1/chat/completions"
@@ -205,18 +164,18 @@ def test_http_judge_429_honours_retry_after_and_v1_base_url() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"this is not json", b'{"choices": []}', b'{"unexpected": true}', _completion("I refuse to judge.")],
+    [b"this is not json", b'{"choices": []}', b'{"unexpected": true}', completion("I refuse to judge.")],
     ids=["not-json", "no-choices", "wrong-shape", "unparsable-verdict"],
 )
 def test_http_judge_garbage_is_malformed(body: bytes) -> None:
-    with _FakeOpenAI(lambda i: (200, body)) as fake:
+    with FakeOpenAI(lambda i: (200, body)) as fake:
         judge = OpenAICompatibleJudge(fake.url, "m", timeout=5, sleep=lambda s: None)
         assert judge.judge(DIALOGUE, GOOD, BAD) == "malformed"
         assert judge.attempts == 1
 
 
 def test_http_judge_gives_up_after_retries() -> None:
-    with _FakeOpenAI(lambda i: (500, b"boom")) as fake:
+    with FakeOpenAI(lambda i: (500, b"boom")) as fake:
         judge = OpenAICompatibleJudge(fake.url, "m", timeout=5, max_retries=2, sleep=lambda s: None)
         with pytest.raises(JudgeError, match="3 attempts.*HTTP 500"):
             judge.judge(DIALOGUE, GOOD, BAD)
@@ -224,7 +183,7 @@ def test_http_judge_gives_up_after_retries() -> None:
 
 
 def test_http_judge_client_error_is_not_retried() -> None:
-    with _FakeOpenAI(lambda i: (401, b'{"error": "bad key"}')) as fake:
+    with FakeOpenAI(lambda i: (401, b'{"error": "bad key"}')) as fake:
         judge = OpenAICompatibleJudge(fake.url, "m", timeout=5, sleep=lambda s: None)
         with pytest.raises(JudgeError, match="HTTP 401"):
             judge.judge(DIALOGUE, GOOD, BAD)

@@ -9,43 +9,14 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.fake_openai import FakeOpenAI, completion
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-class _FakeOpenAI:
-    def __init__(self) -> None:
-        self.requests: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                outer.requests.append(body)
-                verdict = "AB"[len(outer.requests) % 2]  # alternate, so wins and losses both occur
-                reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": verdict}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.mark.integration
@@ -64,17 +35,15 @@ def test_paper_suite_end_to_end_offline(tiny_model_dir_factory, shared_data_dir,
     for i, task in enumerate(shipped["tasks"]):
         overrides += [f"tasks.{i}.eval_source={local_eval[task['name']]}", f"tasks.{i}.train_limit=4",
                       f"tasks.{i}.eval_limit=2"]
-    fake = _FakeOpenAI()
-    overrides.append(f"eval.dialogsum.judge.base_url={fake.url}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DISTILL_BENCH_DATA_DIR": str(shared_data_dir),
            "DISTILL_BENCH_CACHE": str(tmp_path / "cache")}
     env.pop("OPENAI_API_KEY", None)
-    try:
+    # alternate verdicts, so wins and losses both occur
+    with FakeOpenAI(lambda i: (200, completion("AB"[i % 2]))) as fake:
+        overrides.append(f"eval.dialogsum.judge.base_url={fake.url}")
         proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(REPO / "suites" / "paper.yaml"), *overrides,
                                "--results-dir", str(tmp_path / "results"), "--leaderboards-dir", str(tmp_path / "boards"),
                                "--no-progress"], env=env, capture_output=True, text=True, timeout=900)
-    finally:
-        fake.close()
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     results = tmp_path / "results" / "paper"
@@ -98,7 +67,7 @@ def test_paper_suite_end_to_end_offline(tiny_model_dir_factory, shared_data_dir,
     d = next(c for c in cells.values() if c["task"] == "dialogsum" and c["kind"] == "trained")["metrics"]["dialogsum"]
     assert d["protocol"]["baseline_model"] == f"model: {teacher}"
     assert d["protocol"]["judge"]["api_model"] == "gpt-4o-mini" and d["wins"] + d["losses"] + d["ties"] == 2
-    assert fake.requests and all(r["model"] == "gpt-4o-mini" for r in fake.requests)
+    assert fake.requests and all(r["body"]["model"] == "gpt-4o-mini" for r in fake.requests)
     board = (tmp_path / "boards" / "paper.md").read_text()
     for row in ("Veto", "On-policy KD", "Student SFT"):
         assert row in board

@@ -6,9 +6,7 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from harness.config import SuiteConfig
 from harness.preflight import (GIB, check_suite, device_problems, disk_problems, judge_problems, model_problem,
                                data_problems)
 from harness.suite import plan_cells, resolve_suite_path
+from tests.fake_openai import FakeOpenAI, completion
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -191,45 +190,13 @@ def test_disk_and_device_estimates():
     assert "no CUDA device" in h.problem and "fp32 weights" in h.problem
 
 
-class _FakeJudge:
-    """127.0.0.1 OpenAI-compatible endpoint answering every request with `status`."""
-
-    def __init__(self, status: int) -> None:
-        self.requests: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                outer.requests.append({"path": self.path, "body": body})
-                reply = json.dumps({"choices": [{"message": {"content": "A"}}]} if status == 200
-                                   else {"error": "no such model"}).encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.mark.parametrize("status", [200, 404])
 def test_judge_is_checked_with_one_cheap_request(status):
-    fake = _FakeJudge(status)
-    try:
+    reply = completion("A") if status == 200 else b'{"error": "no such model"}'
+    with FakeOpenAI(lambda i: (status, reply)) as fake:
         cfg = _paper_cfg()
         cfg.eval.dialogsum.judge.base_url = fake.url
         problems = judge_problems(cfg, plan_cells(cfg))
-    finally:
-        fake.close()
     assert len(fake.requests) == 1
     assert fake.requests[0]["body"]["max_tokens"] == 1 and fake.requests[0]["body"]["model"] == "gpt-4o-mini"
     if status == 200:
