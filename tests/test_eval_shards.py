@@ -238,3 +238,8 @@ def test_evaluate_model_on_two_ranks_equals_one_process_and_only_rank_0_writes(t
     assert len((outs[0] / "eval" / "gsm8k.jsonl").read_text().splitlines()) == 7
     assert json.loads((outs[0] / "eval" / "diagnostics.json").read_text()) == one["diagnostics"]
     assert not outs[1].exists(), f"rank 1 wrote {sorted(p.name for p in outs[1].rglob('*'))}"
+
+    # A retried evaluation (a rerun after a kill, a retried task) replaces each file whole: no record twice.
+    first = (tmp_path / "one" / "eval" / "gsm8k.jsonl").read_text()
+    run(tmp_path / "one")
+    assert (tmp_path / "one" / "eval" / "gsm8k.jsonl").read_text() == first
