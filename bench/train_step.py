@@ -161,14 +161,19 @@ def run_ours(objective: str, teacher, student, tok, prompts, steps: int, max_new
     phases: list[dict] = []  # the stage's own per-step time split (telemetry), for the breakdown
     orig_collate, orig_append = L.collate, TelemetryLog.append
 
+    pending = [0, 0]  # tokens, completion tokens of the step in progress (one collate per micro-batch)
+
     def collate(seqs, pad_id, *a, **k):
         batch = orig_collate(seqs, pad_id, *a, **k)
-        tokens.append(batch.n_tokens)
-        completion.append(batch.n_loss_tokens)
+        pending[0] += batch.n_tokens
+        pending[1] += batch.n_loss_tokens
         return batch
 
     with PeakRSS() as mem:
-        def append(self, row):
+        def append(self, row):  # one telemetry row per optimizer step: the step's micro-batches summed
+            tokens.append(pending[0])
+            completion.append(pending[1])
+            pending[:] = [0, 0]
             ends.append((time.perf_counter(), mem.peak_now()))
             phases.append({k: row.get(k) for k in ("sequences_s", "forward_backward_s", "optimizer_s")})
             return orig_append(self, row)
@@ -504,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
                 "base_phase_median_s": {k: median([x["phase_median_s"][k] for x in base if x.get("phase_median_s")])
                                         for k in ("sequences_s", "forward_backward_s", "optimizer_s")},
                 "speedup_vs_base_per_round": rounds, "speedup_vs_base": median(rounds),
+                "step_time_base_over_ours_per_round": [b["step_time_median_s"] / o["step_time_median_s"]
+                                                       for r in range(args.repeats) for o in ours if o["round"] == r
+                                                       for b in base if b["round"] == r],
             })
     info["loadavg_end"] = loadavg()
     info["wall_s"] = round(time.perf_counter() - t_start, 1)
