@@ -242,7 +242,7 @@ def cmd_eval(args) -> int:
 
     from harness.config import EvalConfig, ModelSpec, TaskConfig, apply_overrides, validate
     from harness.errors import ConfigError
-    from harness.models import load_model
+    from harness.modeling import load_model
     from harness.paths import data_dir as resolve_data_dir
     from harness.pipeline import baseline_outputs, baseline_source, evaluate_cell, pick_device
 
