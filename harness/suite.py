@@ -259,7 +259,7 @@ class SuiteRunner:
         self._teacher_tok = None
         self._teacher_key: str | None = None  # which task teacher is in memory (one at a time)
         self._task_teachers: dict[str, Any] = {}
-        self.locks = None  # harness.locks.SuiteLocks while `run_suite_cli` holds the directory
+        self.locks = None  # harness.locks.SuiteLocks while `run_suite` holds the directory
 
     # -- layout ---------------------------------------------------------------------------------
     def cell_dir(self, cell: CellSpec) -> Path:
@@ -700,18 +700,20 @@ def stability_summary(telemetry_path: Path) -> dict[str, Any]:
             "nonfinite_steps": sum(1 for r in rows if r.get("nonfinite")), "steps": len(rows)}
 
 
-def run_suite_cli(args, execute: Callable[["SuiteRunner", list[CellSpec]], dict[str, str]] | None = None) -> int:
-    """`distill-bench run [SUITE] [overrides] [--dry-run] [--shard i/n]`. `execute(runner, cells)`
-    runs the cells elsewhere (the Ray executor) and returns {cell_id: error} of failed ones;
-    default: `runner.run(cells)` here."""
+def run_suite(suite: str, overrides: list[str], *, results_dir: str, leaderboards_dir: str, data_dir: str | None = None,
+              shard: str | None = None, dry_run: bool = False, progress: bool = True,
+              execute: Callable[["SuiteRunner", list[CellSpec]], dict[str, str]] | None = None) -> int:
+    """Run a suite (what `distill-bench run` does; harness/cli.py turns its arguments into these).
+    `execute(runner, cells)` runs the cells elsewhere (the Ray executor) and returns {cell_id: error}
+    of failed ones; default: `runner.run(cells)` here. Returns the exit status."""
     from harness.paths import data_dir as resolve_data_dir
     from harness.preflight import require_ready
 
-    path = resolve_suite_path(args.suite)
-    cfg = load_suite_config(path, args.overrides)
+    path = resolve_suite_path(suite)
+    cfg = load_suite_config(path, list(overrides))
     all_cells = plan_cells(cfg)
-    cells = shard_cells(all_cells, args.shard)
-    validate_cells(cfg, all_cells, args.overrides)  # every cell, not only this shard's: before any work
+    cells = shard_cells(all_cells, shard)
+    validate_cells(cfg, all_cells, list(overrides))  # every cell, not only this shard's: before any work
     t0 = time.perf_counter()
     from harness.training.distributed import init_distributed
 
@@ -719,14 +721,14 @@ def run_suite_cli(args, execute: Callable[["SuiteRunner", list[CellSpec]], dict[
     if execute is not None and dist.world_size > 1:
         raise ConfigError("--executor ray under torchrun: launch the driver as one process; Ray places the cells "
                           "(a cell's data-parallel processes come from its `processes`/GPU request)")
-    runner = SuiteRunner(cfg, Path(args.results_dir), data_dir=args.data_dir, progress=not args.no_progress, dist=dist)
-    if args.dry_run:
+    runner = SuiteRunner(cfg, Path(results_dir), data_dir=data_dir, progress=progress, dist=dist)
+    if dry_run:
         print_plan(cfg, cells, len(all_cells))
     # Before any model is loaded: every missing prerequisite at once (exit 2), not one per failed cell hours in.
     # Under another executor the cells run on its nodes, whose devices this machine cannot see.
     require_ready(cfg, cells, data_dir=resolve_data_dir(runner.data_dir), results_dir=runner.results_dir,
                   done=runner.is_done, check_devices=execute is None)
-    if args.dry_run:
+    if dry_run:
         print("preflight: every prerequisite is in place")
         return 0
     from harness.report import build_report
@@ -735,10 +737,10 @@ def run_suite_cli(args, execute: Callable[["SuiteRunner", list[CellSpec]], dict[
 
     # One writer per results dir (per shard): a second run exits 2 at once naming the holder. Under
     # torchrun rank 0 is that writer (locks, snapshot, cell.json, report); the other ranks train with it.
-    with (SuiteLocks(runner.results_dir, args.shard) if dist.is_main else contextlib.nullcontext()) as locks:
+    with (SuiteLocks(runner.results_dir, shard) if dist.is_main else contextlib.nullcontext()) as locks:
         runner.locks = locks
         if dist.is_main:
-            if not args.shard:  # sole writer: temporaries at the top level are orphans of a killed run
+            if not shard:  # sole writer: temporaries at the top level are orphans of a killed run
                 remove_temporaries(runner.results_dir, recursive=False)
             runner.write_snapshot(cells)
         dist.barrier()
@@ -749,7 +751,7 @@ def run_suite_cli(args, execute: Callable[["SuiteRunner", list[CellSpec]], dict[
         if not dist.is_main:
             return 0
         # Written once, by this process, after every cell has finished or failed.
-        files = build_report(runner.results_dir, Path(args.leaderboards_dir), name=cfg.name)
+        files = build_report(runner.results_dir, Path(leaderboards_dir), name=cfg.name)
     print(f"suite {cfg.name}: {len(cells)} cells in {time.perf_counter() - t0:.0f}s; results in {runner.results_dir}")
     print(files.describe())
     if failed:
