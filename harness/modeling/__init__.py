@@ -11,43 +11,25 @@ The one model API (DESIGN.md, section Models); each concern lives in its own sub
     make_tiny_model(out_dir, *, vocab_size=512, hidden=32, layers=4, heads=4, seed=0, tie=True, ...) -> Path
 """
 
-from harness.modeling.compat import check_vocab_compat, head_size
-from harness.modeling.gguf import convert_gguf, converted_dir_for
-from harness.modeling.loading import (
-    LOCAL_ALTERNATIVES,
-    MODEL_ALIASES,
-    load_model,
-    load_tokenizer,
-    resolve_model_dir,
-    resolve_name,
-)
-from harness.modeling.pruning import (
-    derive_pruned,
-    keep_from_drop,
-    num_layers_of,
-    prune_model,
-    pruned_cache_dir,
-    validate_layers,
-)
-from harness.modeling.tiny import make_tiny_model, make_tiny_tokenizer
+# name -> submodule. Resolved on first use (PEP 562): importing a light submodule (batching, compat)
+# or asking for a model path must not import transformers' model classes (a dry run loads none).
+_EXPORTS = {
+    "check_vocab_compat": "compat", "head_size": "compat",
+    "convert_gguf": "gguf", "converted_dir_for": "gguf",
+    "LOCAL_ALTERNATIVES": "loading", "MODEL_ALIASES": "loading", "load_model": "loading", "load_tokenizer": "loading",
+    "resolve_model_dir": "loading", "resolve_name": "loading",
+    "derive_pruned": "pruning", "keep_from_drop": "pruning", "num_layers_of": "pruning", "prune_model": "pruning",
+    "pruned_cache_dir": "pruning", "validate_layers": "pruning",
+    "make_tiny_model": "tiny", "make_tiny_tokenizer": "tiny",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "LOCAL_ALTERNATIVES",
-    "MODEL_ALIASES",
-    "check_vocab_compat",
-    "convert_gguf",
-    "converted_dir_for",
-    "derive_pruned",
-    "head_size",
-    "keep_from_drop",
-    "load_model",
-    "load_tokenizer",
-    "make_tiny_model",
-    "make_tiny_tokenizer",
-    "num_layers_of",
-    "prune_model",
-    "pruned_cache_dir",
-    "resolve_model_dir",
-    "resolve_name",
-    "validate_layers",
-]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'harness.modeling' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"harness.modeling.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later lookups skip this function (and monkeypatching works as on any module)
+    return value
