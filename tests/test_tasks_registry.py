@@ -52,6 +52,27 @@ def test_generation_is_the_yaml_overridden_by_the_eval_config():
     assert baseline_source(get_task("dialogsum"), refs) == "references"
 
 
+def test_eval_sections_are_the_tasks_own_options():
+    """`eval.<task>` is validated by the options model the task's YAML names; a bad value or an unknown
+    section is refused naming the field path, before any work; the protocol hash does not see `options:`."""
+    from harness.config import validate
+    from harness.data.registry import task_options_model
+    from harness.tasks.options import GSM8KOptions
+
+    assert task_options_model("gsm8k") is GSM8KOptions and "options" not in get_task("gsm8k").model_dump()
+    cfg = EvalConfig.model_validate({"gsm8k": {"protocols": ["paper", "lm_eval"]}})
+    assert isinstance(cfg.task_options("gsm8k"), GSM8KOptions) and cfg.gsm8k.protocols == ["paper", "lm_eval"]
+    assert cfg.humaneval.n_samples == 10  # a task left out gets its defaults, recorded in the snapshot
+    assert set(cfg.model_dump()) >= {"gsm8k", "humaneval", "dialogsum", "batch_size"}
+    with pytest.raises(ConfigError, match=r"eval\.gsm8k\.max_new_tokens: Input should be greater than or equal to 1"):
+        validate(EvalConfig, {"gsm8k": {"max_new_tokens": 0}}, "s.yaml")
+    with pytest.raises(ConfigError, match=r"eval\.humaneval\.extra_key: Extra inputs are not permitted"):
+        validate(EvalConfig, {"humaneval": {"extra_key": 1}}, "s.yaml")
+    with pytest.raises(ConfigError, match=r"`eval\.gsm9k` is neither an evaluation setting .* nor a task with "
+                                          r"options \(dialogsum, gsm8k, humaneval"):
+        validate(EvalConfig, {"gsm9k": {}}, "s.yaml")
+
+
 def test_protocol_is_serialized_from_the_definition_and_changes_with_it(tmp_path):
     task = get_task("gsm8k")
     params = GenerationParams(max_new_tokens=8, stop=tuple(task.stop))
