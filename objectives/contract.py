@@ -11,13 +11,15 @@ caller (training stage, pipeline, cost estimate, listing) asks instead of re-der
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
+from harness.errors import ObjectiveError
+from objectives.divergences import log_probs, token_logprob  # divergences imports nothing from here
 from objectives.params import NoParams, ObjectiveParams, params_summary, validate_params
 
 __all__ = [
@@ -86,18 +88,23 @@ class LossChunk:
         for its telemetry (entropy, teacher KL), which saves two full-vocabulary passes per chunk.
         """
         if self._student_logp is None:
-            from objectives.divergences import log_probs  # divergences imports nothing from here
-
             self._student_logp = log_probs(self.student_logits)
         return self._student_logp
 
-    def teacher_logprobs(self) -> Tensor | None:
-        """log_softmax(teacher_logits) [N, V] (no graph), computed once; None without teacher logits."""
-        if self.teacher_logits is None:
-            return None
-        if self._teacher_logp is None:
-            from objectives.divergences import log_probs
+    def student_target_logprobs(self) -> Tensor:
+        """log p_S(target) at every position, [N] (carries the graph); the negative is cross-entropy."""
+        return token_logprob(self.student_logprobs(), self.targets)
 
+    def teacher_logprobs(self) -> Tensor:
+        """log_softmax(teacher_logits) [N, V] (no graph), computed once per chunk.
+
+        An ``ObjectiveError`` when the chunk has no teacher logits (an objective that reads them
+        must declare ``TeacherSignal.FULL_LOGITS``).
+        """
+        if self.teacher_logits is None:
+            raise ObjectiveError("per_token_loss needs full teacher logits (declare "
+                                 "teacher_signal = TeacherSignal.FULL_LOGITS); the chunk has none")
+        if self._teacher_logp is None:
             self._teacher_logp = log_probs(self.teacher_logits.detach())
         return self._teacher_logp
 
@@ -256,6 +263,29 @@ class Objective(abc.ABC):
     def teacher_is_fixed_point(self, sched: dict[str, float]) -> bool:
         """Whether student == teacher gives zero loss and zero gradient under ``sched``."""
         return self.required_teacher_signal() is not TeacherSignal.NONE
+
+    # -- what the conformance kit asks (objectives.conformance) ----------------------------------
+    def reference_loss(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
+                       sched: dict[str, float], rows: RowInfo) -> Tensor:
+        """The same per-token loss as ``per_token_loss``, restated plainly for the conformance kit: [N].
+
+        Inputs are fp64 logits [N, V] (``teacher_logits`` always given), targets [N], the schedule
+        and the rows' ``advantage`` / ``behaviour_logprobs`` (synthetic ones from the kit when the
+        objective uses them). Write it with ``objectives.reference`` (softmax, log, sum), never with
+        ``objectives.divergences``, so the kit compares two independent derivations of the loss and
+        its gradient. Every objective must define it: the kit fails one that does not.
+        """
+        raise NotImplementedError(f"objective {self.name!r} defines no reference_loss")
+
+    def has_reference(self) -> bool:
+        """Whether this objective restates its loss in ``reference_loss`` (the kit requires it)."""
+        return type(self).reference_loss is not Objective.reference_loss
+
+    def conformance_checks(self) -> list[Callable[[Objective], Any]]:
+        """Checks of properties only this objective has (e.g. "β = 0 is plain KL"), run by the kit
+        after the generic ones: functions ``check(objective) -> objectives.conformance.CheckResult``.
+        """
+        return []
 
     # -- contract v2: optional hooks (the defaults keep the v1 behaviour and arithmetic) ---------
     def token_stats(self, chunk: LossChunk, sched: dict[str, float]) -> dict[str, Tensor]:

@@ -55,7 +55,7 @@ _ENTRY_POINTS_LOADED: set[tuple[str, str]] = set()  # (name, value)
 _ENTRY_POINTS_FAILED: set[tuple[str, str]] = set()
 _PLUGIN_FILES: dict[Path, list[type[Objective]]] = {}
 # Modules of this package that hold machinery, not objectives.
-_INFRA_MODULES = {"base", "contract", "params", "registry", "engine", "divergences", "conformance"}
+_INFRA_MODULES = {"base", "contract", "params", "registry", "reference", "engine", "divergences", "conformance"}
 
 
 def _check_objective_class(cls: Any) -> None:
