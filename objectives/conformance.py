@@ -62,6 +62,7 @@ __all__ = [
     "single_threaded",
     "synthetic_advantage",
     "synthetic_behaviour",
+    "synthetic_case",
     "synthetic_logits",
     "synthetic_targets",
 ]
@@ -105,6 +106,11 @@ def synthetic_logits(n: int, v: int, seed: int, scale: float = 2.0, dtype: torch
 
 def synthetic_targets(n: int, v: int, seed: int) -> Tensor:
     return torch.randint(0, v, (n,), generator=_gen(seed))
+
+
+def synthetic_case(n: int, v: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Student logits, teacher logits (fp32 [n, v]) and targets [n] from seeds seed, seed+1, seed+2."""
+    return synthetic_logits(n, v, seed), synthetic_logits(n, v, seed + 1), synthetic_targets(n, v, seed + 2)
 
 
 def _needs_teacher(obj: Objective) -> bool:

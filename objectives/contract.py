@@ -23,6 +23,7 @@ from objectives.divergences import log_probs, token_logprob  # divergences impor
 from objectives.params import NoParams, ObjectiveParams, params_summary, validate_params
 
 __all__ = [
+    "DivergenceDirection",
     "LossChunk",
     "Needs",
     "PROGRESS_GRID",

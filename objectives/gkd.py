@@ -87,9 +87,7 @@ def check_continuity(obj: Objective) -> kit.CheckResult:
 
     def run() -> kit.CheckResult:
         n, v = 12, 41
-        s = kit.synthetic_logits(n, v, 91)
-        t = kit.synthetic_logits(n, v, 92)
-        y = kit.synthetic_targets(n, v, 93)
+        s, t, y = kit.synthetic_case(n, v, 91)
 
         def at(beta: float) -> Tensor:
             variant = type(obj)(obj.params.model_copy(update={"beta": beta}))

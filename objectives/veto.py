@@ -119,9 +119,7 @@ def check_beta0_equals_kl(obj: Objective) -> kit.CheckResult:
 
     def run() -> kit.CheckResult:
         n, v = 10, 31
-        s0 = kit.synthetic_logits(n, v, 71)
-        t = kit.synthetic_logits(n, v, 72)
-        y = kit.synthetic_targets(n, v, 73)
+        s0, t, y = kit.synthetic_case(n, v, 71)
         problems = []
         for direction, plain_name in (("forward", "onpolicy_fkl"), ("reverse", "onpolicy_rkl")):
             veto = _variant(obj, direction=direction)
@@ -147,9 +145,8 @@ def check_forward_gradient(obj: Objective) -> kit.CheckResult:
     def run() -> kit.CheckResult:
         veto = _variant(obj, direction="forward")
         n, v = 10, 31
-        s = kit.synthetic_logits(n, v, 81).requires_grad_()
-        t = kit.synthetic_logits(n, v, 82)
-        y = kit.synthetic_targets(n, v, 83)
+        s, t, y = kit.synthetic_case(n, v, 81)
+        s.requires_grad_()
         problems = []
         for beta in (0.0, 0.5, 0.8, 1.7):
             loss = kit.per_token(veto, {"beta": beta}, s, t, y)
