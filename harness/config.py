@@ -282,9 +282,11 @@ class EvalConfig(StrictModel):
 
     @model_validator(mode="after")
     def _task_options(self) -> "EvalConfig":
-        """Every `eval.<task>` section validated by its task's options model; a task with options
-        that the config leaves out gets its defaults, so the snapshot records every value used."""
-        from harness.data.registry import task_options_model, task_names  # late: the registry loads task plugins
+        """Every `eval.<task>` section validated by its task's options model. A built-in task with
+        options that the config leaves out gets its defaults, so the snapshot records every value used
+        (as it always has); a plugin task's section is recorded when given, so installing or removing a
+        plugin does not change the snapshot of suites that never mention it."""
+        from harness.data.registry import builtin_task_names, task_names, task_options_model  # late: loads plugins
 
         extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
         models = {name: m for name in task_names() if (m := task_options_model(name)) is not None}
@@ -294,6 +296,8 @@ class EvalConfig(StrictModel):
                              f"nor a task with options ({', '.join(models) or 'none'}): fix the key, or install the "
                              "plugin of the task it names")
         for name, model in models.items():
+            if name not in extra and name not in builtin_task_names():
+                continue
             given = extra.get(name, {})
             if isinstance(given, model):
                 continue

@@ -97,6 +97,23 @@ def test_plugin_yaml_registers_and_config_accepts_it(tmp_path, scratch_registry)
     assert row["origin"].endswith("gsm8k_copy.yaml")
 
 
+def test_a_plugin_task_brings_its_own_eval_options(tmp_path, scratch_registry):
+    """A plugin's `options:` model checks `eval.<its name>`; a suite that never mentions the plugin
+    records no section for it (installing a plugin does not change other suites' snapshots)."""
+    from harness.config import validate
+
+    load_task_file(_task_yaml(tmp_path))  # a copy of gsm8k.yaml: options harness.tasks.options:GSM8KOptions
+    assert "gsm8k_copy" not in EvalConfig().model_dump()
+    assert EvalConfig.model_validate({"gsm8k_copy": {"max_new_tokens": 9}}).gsm8k_copy.max_new_tokens == 9
+    with pytest.raises(ConfigError, match=r"eval\.gsm8k_copy\.protocols\.0: Input should be 'paper' or 'lm_eval'"):
+        validate(EvalConfig, {"gsm8k_copy": {"protocols": ["nope"]}}, "s.yaml")
+    raw = yaml.safe_load((REPO / "harness/tasks/gsm8k.yaml").read_text())
+    (tmp_path / "no_opts.yaml").write_text(yaml.safe_dump({**raw, "name": "no_opts", "options": "harness.tasks.options:Missing"}))
+    load_task_file(tmp_path / "no_opts.yaml")
+    with pytest.raises(ConfigError, match=r"task 'no_opts': options 'harness.tasks.options:Missing' cannot be loaded"):
+        EvalConfig()
+
+
 def test_bad_plugin_tasks_are_refused_with_the_field(tmp_path, scratch_registry):
     raw = yaml.safe_load((REPO / "harness/tasks/gsm8k.yaml").read_text())
     shadow = tmp_path / "shadow.yaml"
