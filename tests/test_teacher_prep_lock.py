@@ -101,8 +101,23 @@ def test_two_processes_racing_for_one_teacher_train_it_once(tiny_model_dir, tmp_
     provenance = json.loads(prepared[0].read_text())
     assert provenance["optimizer_steps"] == 1 and provenance["model_dir"] == a["model"]
     assert (Path(a["model"]) / "config.json").is_file()
-    # A later preparation finds it through the lock without training (and without waiting).
-    third = subprocess.run([sys.executable, "-c", _CHILD, str(suite)], env=env, capture_output=True, text=True, timeout=300)
-    assert third.returncode == 0, third.stderr[-3000:]
-    assert json.loads(third.stdout.strip().splitlines()[-1])["model"] == a["model"]
-    assert "waiting for" not in third.stderr and len(list(markers.glob("trained-*"))) == 1
+    # A later preparation (here in-process) finds it through the lock without training or waiting.
+    import harness.teachers as teachers
+    from harness.config import load_suite_config
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a prepared teacher was trained again")
+
+    cfg = load_suite_config(suite)
+    old_cache = os.environ.get("DISTILL_BENCH_CACHE")
+    os.environ["DISTILL_BENCH_CACHE"] = str(tmp_path / "cache")
+    original, teachers._prepare = teachers._prepare, must_not_train
+    try:
+        again = teachers.task_teacher(cfg, cfg.tasks[0], None, progress=False)
+    finally:
+        teachers._prepare = original
+        if old_cache is None:
+            os.environ.pop("DISTILL_BENCH_CACHE")
+        else:
+            os.environ["DISTILL_BENCH_CACHE"] = old_cache
+    assert again.spec.name == a["model"] and again.provenance["prepared"]["key"] == a["key"]
