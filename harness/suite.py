@@ -182,12 +182,12 @@ def estimate_cost(cfg: SuiteConfig, cell: Cell, n_train: int | None) -> dict[str
 
     if cell.kind == "baseline":
         return {"optimizer_steps": 0, "prompts_seen": 0, "max_rollout_tokens": 0}
-    from objectives.base import SequenceSource, build_objective
+    from objectives.base import SequenceSource, build_objective, expected_source_mix
 
     n = n_train or 1000
     steps = total_optimizer_steps(n, cfg.train.epochs, cfg.train.batch_size, cfg.train.max_steps)
     obj = build_objective(cell.objective, cell.params)
-    mix = obj.source_mix(0.5)
+    mix = expected_source_mix(obj, steps)  # the mean over the run's steps: a mix may move with progress
     gen_frac = sum(p for s, p in mix.items() if s != SequenceSource.GROUND_TRUTH)
     return {
         "optimizer_steps": steps,
