@@ -140,10 +140,13 @@ def task_teacher(cfg: SuiteConfig, task: TaskConfig, data_dir: Path | None, *, p
     out = cache_dir() / PREPARED_DIRNAME / f"{task.name}-{key}"
     train_dir = out / "train"
     provenance_file = out / "provenance.json"
-    # Always through the lock, even when the provenance is there already: every rank of a job must
-    # take the same path, and a file check outside the lock could differ between ranks.
-    _prepare_once(out, provenance_file, lambda: _prepare(cfg, task, base, base_dir, key, data_dir, train_dir,
-                                                        provenance_file, progress))
+    from harness.training.distributed import init_distributed
+
+    # Rank 0's view for every rank (they must all take the same path). A finished preparation is
+    # reused without the lock, so a read-only shared cache of prepared teachers still works.
+    if not init_distributed().broadcast_object(provenance_file.is_file()):
+        _prepare_once(out, provenance_file, lambda: _prepare(cfg, task, base, base_dir, key, data_dir, train_dir,
+                                                            provenance_file, progress))
     provenance = read_json(provenance_file)
     spec = ModelSpec(name=provenance["model_dir"])
     return TaskTeacher(spec, base, {"model": spec.model_dump(mode="json", exclude_none=True), "prepared": provenance})
