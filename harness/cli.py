@@ -106,10 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     fe = dsub.add_parser("fetch", help="download NAME (veto-paper, gsm8k, dialogsum)",
                          description="veto-paper: the Veto paper's 1K splits from its public repository; gsm8k: "
                                      "openai/gsm8k from the Hub as gsm8k/{train,test}.jsonl; dialogsum: "
-                                     "knkarthick/dialogsum into the datasets cache (for the task's `hub` source).")
+                                     "knkarthick/dialogsum's validation/test CSV files from the Hub, converted to "
+                                     "dialogsum/{dev,test}.jsonl (the converted files are hash-checked; the Hub "
+                                     "commit served is recorded in dialogsum/SOURCE.json).")
     fe.add_argument("names", nargs="+", metavar="NAME", help="what to fetch: veto-paper, gsm8k, dialogsum")
     fe.add_argument("--data-dir", default=None, help="destination (default: $DISTILL_BENCH_DATA_DIR)")
-    fe.add_argument("--base-url", default=None, help="mirror holding the same files (HTTP datasets only)")
+    fe.add_argument("--base-url", default=None, help="mirror holding the same files (veto-paper, dialogsum)")
 
     ob = sub.add_parser("objectives", help="list registered objectives with parameters and sequence source",
                         description="List every registered objective: built-ins, installed entry-point plugins and --plugin files.")

@@ -70,3 +70,6 @@ class GSM8KOptions(StrictModel):
     max_new_tokens: int = Field(512, ge=1)
     protocols: list[Literal["paper", "lm_eval"]] = ["paper"]
     lm_eval_num_fewshot: int = Field(5, ge=0)
+    # None: lm-eval's own budget for its gsm8k task (256 tokens), i.e. its protocol unchanged; a
+    # number caps it (quick runs and tests, where an untrained model never emits a stop sequence).
+    lm_eval_max_gen_toks: int | None = Field(None, ge=1)
