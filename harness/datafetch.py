@@ -12,15 +12,22 @@ Sources:
 - `gsm8k`: openai/gsm8k (config main) from the Hugging Face Hub, written as GSM8K JSONL
   (`gsm8k/{train,test}.jsonl`, one `json.dumps(row)` per line) and checked against the same hashes
   as the project's reference copies;
-- `dialogsum`: knkarthick/dialogsum is read by the task's `hub` source through `datasets`; fetching
-  it fills the `datasets` cache so that source then works offline (no fixed local layout or hash).
+- `dialogsum`: knkarthick/dialogsum's CSV files (one row per reference summary: `id, dialogue,
+  summary, topic`; the test split repeats each dialogue once per summary) from the Hub over HTTP,
+  resumable like the others, then converted to the task's local layout (`dialogsum/dev.jsonl`,
+  `dialogsum/test.jsonl` with summary1..3 per dialogue) and checked against the hashes of the
+  project's reference copies. The Hub files carry no published hash, so the *converted* output is
+  what is verified; the Hub commit actually served (its `X-Repo-Commit` header) and the source
+  files' sha256 are recorded in `dialogsum/SOURCE.json`.
 
 `--base-url` points the HTTP files at a mirror holding the same names (tests use a local server).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import urllib.error
@@ -34,6 +41,12 @@ from harness.errors import DataError
 
 VETO_REPO_COMMIT = "0ff04a0de21e93bb7e13beaa55d37fd6975dd70e"
 VETO_BASE_URL = f"https://raw.githubusercontent.com/jjun-0824/Veto/{VETO_REPO_COMMIT}/data/"
+DIALOGSUM_HUB_ID = "knkarthick/dialogsum"
+# `main`, not a pinned commit: no commit of that repository is known to this project offline. The
+# commit actually served is recorded, and the converted files must match the reference hashes.
+DIALOGSUM_REVISION = "main"
+DIALOGSUM_BASE_URL = f"https://huggingface.co/datasets/{DIALOGSUM_HUB_ID}/resolve/{DIALOGSUM_REVISION}/"
+SOURCE_RECORD = "SOURCE.json"
 _CHUNK = 1 << 20
 
 
@@ -48,12 +61,13 @@ class FetchFile:
 class FetchDataset:
     name: str
     description: str
-    kind: str  # "http" | "hub_jsonl" | "hub_cache"
+    kind: str  # "http" | "hub_jsonl" | "hub_csv"
     files: tuple[FetchFile, ...] = ()
     base_url: str = ""
     hub_id: str = ""
     hub_config: str | None = None
     hub_splits: dict[str, str] = field(default_factory=dict)  # data-dir rel path -> Hub split
+    sources: dict[str, str] = field(default_factory=dict)  # data-dir rel path -> source file under base_url (hub_csv)
 
 
 DATASETS: dict[str, FetchDataset] = {
@@ -74,8 +88,11 @@ DATASETS: dict[str, FetchDataset] = {
         files=(FetchFile("gsm8k/train.jsonl", "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465"),
                FetchFile("gsm8k/test.jsonl", "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14"))),
     "dialogsum": FetchDataset(
-        "dialogsum", "DialogSum from the Hub (knkarthick/dialogsum) into the `datasets` cache, for the task's `hub` source",
-        "hub_cache", hub_id="knkarthick/dialogsum", hub_splits={"train": "train", "validation": "validation", "test": "test"}),
+        "dialogsum", "DialogSum validation/test from the Hub (knkarthick/dialogsum CSV files) as "
+        "dialogsum/{dev,test}.jsonl", "hub_csv", hub_id=DIALOGSUM_HUB_ID, base_url=DIALOGSUM_BASE_URL,
+        sources={"dialogsum/dev.jsonl": "validation.csv", "dialogsum/test.jsonl": "test.csv"},
+        files=(FetchFile("dialogsum/dev.jsonl", "436721e0a3571eef7072964f80e042fb151d8c6178db1a688ce8f803bbf0a13f"),
+               FetchFile("dialogsum/test.jsonl", "6de36eca7e7b9b10975fd5ea3f47391df172d8b3c15d03d84d763cbaab015fda"))),
 }
 
 def dataset_for_path(rel: str) -> str | None:
@@ -101,13 +118,12 @@ def _opener(url: str):
     return urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
 
 
-def download(url: str, dest: Path, sha256: str, *, timeout: float = 60.0,
-             log: Callable[[str], None] = lambda s: None) -> str:
-    """Download `url` to `dest`, resuming `dest.part`, verifying sha256; returns "present" | "downloaded" | "resumed"."""
-    if dest.is_file() and sha256_file(dest) == sha256:
-        return "present"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+def _fetch_part(url: str, part: Path, *, timeout: float) -> tuple[bool, dict[str, str]]:
+    """Download `url` into `part`, continuing it with a Range request when it holds bytes already.
+
+    Returns (resumed, response headers). The bytes are not checked here: the caller verifies them.
+    """
+    part.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.is_file() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     req = urllib.request.Request(url, headers=headers)
@@ -115,21 +131,28 @@ def download(url: str, dest: Path, sha256: str, *, timeout: float = 60.0,
         resp = _opener(url).open(req, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:  # the .part already holds every byte: verify it below
-            resp = None
-        else:
-            raise DataError(f"download of {url} failed: HTTP {exc.code}; check the network or pass --base-url to a mirror") from None
+            return False, {}
+        raise DataError(f"download of {url} failed: HTTP {exc.code}; check the network or pass --base-url to a mirror") from None
     except (urllib.error.URLError, OSError) as exc:
         raise DataError(f"cannot download {url} ({exc}); check the network or pass --base-url to a mirror") from None
-    resumed = False
-    if resp is not None:
-        with resp:
-            # 206: the server continued where the .part stops; 200: it sent the whole file again.
-            resumed = have > 0 and resp.status == 206
-            with open(part, "ab" if resumed else "wb") as fh:
-                for block in iter(lambda: resp.read(_CHUNK), b""):
-                    fh.write(block)
-                fh.flush()
-                os.fsync(fh.fileno())
+    with resp:
+        # 206: the server continued where the .part stops; 200: it sent the whole file again.
+        resumed = have > 0 and resp.status == 206
+        with open(part, "ab" if resumed else "wb") as fh:
+            for block in iter(lambda: resp.read(_CHUNK), b""):
+                fh.write(block)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return resumed, {k.lower(): v for k, v in resp.headers.items()}
+
+
+def download(url: str, dest: Path, sha256: str, *, timeout: float = 60.0,
+             log: Callable[[str], None] = lambda s: None) -> str:
+    """Download `url` to `dest`, resuming `dest.part`, verifying sha256; returns "present" | "downloaded" | "resumed"."""
+    if dest.is_file() and sha256_file(dest) == sha256:
+        return "present"
+    part = dest.with_name(dest.name + ".part")
+    resumed, _ = _fetch_part(url, part, timeout=timeout)
     got = sha256_file(part)
     if got != sha256:
         part.unlink(missing_ok=True)  # a corrupt .part must not be resumed from
@@ -176,8 +199,9 @@ def fetch(name: str, data_dir: Path, *, base_url: str | None = None,
         for f in ds.files:
             out[f.rel] = download(base + urllib.parse.quote(f.remote), data_dir / f.rel, f.sha256, log=log)
         return out
-    if base_url:
-        raise DataError(f"--base-url applies to files fetched over HTTP (veto-paper); {name} comes from the Hub")
+    if base_url and ds.kind != "hub_csv":
+        raise DataError(f"--base-url applies to files fetched over HTTP (veto-paper, dialogsum); {name} comes "
+                        "from the Hub through `datasets`")
     if ds.kind == "hub_jsonl":
         for f in ds.files:
             dest = data_dir / f.rel
@@ -190,11 +214,98 @@ def fetch(name: str, data_dir: Path, *, base_url: str | None = None,
             out[f.rel] = "downloaded"
             log(f"{dest}: {len(rows)} rows, sha256 ok")
         return out
-    _require_hub(f"fetching {name}")
-    for split in ds.hub_splits.values():
-        n = len(_hub_rows(ds.hub_id, ds.hub_config, split))
-        out[f"{ds.hub_id}:{split}"] = "cached"
-        log(f"{ds.hub_id} {split}: {n} rows in the datasets cache")
+    return _fetch_hub_csv(ds, data_dir, base_url=base_url, log=log)
+
+
+# ----------------------------------------------------------------------------- DialogSum (Hub CSV -> local JSONL)
+
+def _csv_rows(data: bytes, source: str) -> list[dict[str, str]]:
+    # newline="": quoted fields keep their own line breaks exactly (dialogues span many lines).
+    reader = csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""))
+    missing = {"dialogue", "summary", "topic"} - set(reader.fieldnames or ())
+    if missing:
+        raise DataError(f"{source}: columns {reader.fieldnames} lack {sorted(missing)}; the Hub layout changed "
+                        "(expected id, dialogue, summary, topic). Nothing was written")
+    return list(reader)
+
+
+def dialogsum_dev_jsonl(data: bytes, source: str = "validation.csv") -> bytes:
+    """The validation split as the local `dialogsum/dev.jsonl`: one row per dialogue, ids by position."""
+    rows = _csv_rows(data, source)
+    return "".join(json.dumps({"fname": f"dev_{i}", "dialogue": r["dialogue"], "summary": r["summary"],
+                               "topic": r["topic"]}) + "\n" for i, r in enumerate(rows)).encode()
+
+
+def dialogsum_test_jsonl(data: bytes, source: str = "test.csv") -> bytes:
+    """The test split (one row per reference summary, a dialogue's rows adjacent) as `dialogsum/test.jsonl`:
+    one row per dialogue with summary1..k / topic1..k, which is how the task scores against every reference."""
+    groups: list[list[dict[str, str]]] = []
+    for r in _csv_rows(data, source):
+        if groups and groups[-1][0]["dialogue"] == r["dialogue"]:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    lines = []
+    for i, group in enumerate(groups):
+        row: dict[str, str] = {"fname": f"test_{i}", "dialogue": group[0]["dialogue"]}
+        for k, r in enumerate(group, 1):
+            row[f"summary{k}"] = r["summary"]
+            row[f"topic{k}"] = r["topic"]
+        lines.append(json.dumps(row) + "\n")
+    return "".join(lines).encode()
+
+
+_CONVERTERS: dict[str, Callable[[bytes, str], bytes]] = {
+    "dialogsum/dev.jsonl": dialogsum_dev_jsonl, "dialogsum/test.jsonl": dialogsum_test_jsonl}
+
+
+def _fetch_hub_csv(ds: FetchDataset, data_dir: Path, *, base_url: str | None,
+                   log: Callable[[str], None]) -> dict[str, str]:
+    """Each source file is downloaded (resumable, into `<dir>/.source/`), converted, and the conversion is
+    hash-checked before it is written atomically; the source is removed once its output is in place."""
+    from harness.io import atomic_write_json, read_json
+
+    base = (base_url or ds.base_url).rstrip("/") + "/"
+    out: dict[str, str] = {}
+    for f in ds.files:
+        dest = data_dir / f.rel
+        if dest.is_file() and sha256_file(dest) == f.sha256:
+            out[f.rel] = "present"
+            continue
+        if not base_url:
+            _require_hub(f"fetching {ds.name}")
+        remote = ds.sources[f.rel]
+        url = base + urllib.parse.quote(remote)
+        src = dest.parent / ".source" / remote
+        meta = src.with_name(src.name + ".json")  # what served the completed source file
+        resumed = False
+        if not src.is_file():
+            part = src.with_name(src.name + ".part")
+            resumed, headers = _fetch_part(url, part, timeout=60.0)
+            atomic_write_json(meta, {"url": url, "commit": headers.get("x-repo-commit")})
+            os.replace(part, src)
+        data = src.read_bytes()
+        converted = _CONVERTERS[f.rel](data, remote)
+        got = hashlib.sha256(converted).hexdigest()
+        if got != f.sha256:
+            src.unlink(missing_ok=True)  # the next run downloads it afresh instead of reconverting the same bytes
+            raise DataError(f"{url}: converted to {f.rel} it hashes to {got}, not the expected {f.sha256}; the source "
+                            "changed upstream or the download was damaged. Nothing was written; rerun to download "
+                            "again, or pass --base-url to a mirror of the expected files")
+        from harness.io import atomic_write_bytes
+
+        atomic_write_bytes(dest, converted)
+        record_path = dest.parent / SOURCE_RECORD
+        record = read_json(record_path) if record_path.is_file() else {"hub_id": ds.hub_id, "files": {}}
+        served = read_json(meta) if meta.is_file() else {}
+        record["files"][f.rel] = {"source": served.get("url", url), "commit": served.get("commit"),
+                                  "requested_revision": DIALOGSUM_REVISION if not base_url else None,
+                                  "source_sha256": hashlib.sha256(data).hexdigest(), "sha256": got}
+        atomic_write_json(record_path, record)
+        src.unlink(missing_ok=True)
+        meta.unlink(missing_ok=True)
+        out[f.rel] = "resumed" if resumed else "downloaded"
+        log(f"{dest}: converted from {url} (commit {served.get('commit') or 'not reported'}), sha256 ok")
     return out
 
 

@@ -11,6 +11,9 @@ Layout for suites (`distill-bench run`):
   shard-<i>-of-<n>.lock  a sharded run holds its own shard exclusively
   cell-<cell_id>.lock    held while one cell trains and evaluates, so shards split differently
                          (1/2 and 1/3 on one dir) still never work on the same cell at once
+
+Prepared teachers (`harness.teachers`) use the same FileLock, waiting rather than failing:
+`<cache>/prepared_teachers/.locks/<task>-<key>.lock` is held while one process prepares that teacher.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from harness.errors import DiskError, LockHeldError
 
@@ -61,7 +64,9 @@ class FileLock:
         self.fd: int | None = None
         self.took_over: dict[str, Any] | None = None  # holder record of a dead process found in the file
 
-    def acquire(self) -> "FileLock":
+    def acquire(self, *, wait: bool = False, on_wait: Callable[[str], None] | None = None) -> "FileLock":
+        """Take the lock; busy: LockHeldError, or with `wait` block until the holder releases or dies
+        (`on_wait` is told who holds it first). The kernel wakes the waiter; nothing polls."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -74,9 +79,14 @@ class FileLock:
             os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            raise LockHeldError(f"{self.what} is in use by {describe_holder(read_holder(self.path))} "
-                                f"(lock {self.path}). Wait for it to finish, or give this run another "
-                                "--results-dir / --shard") from None
+            holder = describe_holder(read_holder(self.path))
+            if not wait:
+                raise LockHeldError(f"{self.what} is in use by {holder} (lock {self.path}). Wait for it to finish, "
+                                    "or give this run another --results-dir / --shard") from None
+            if on_wait is not None:
+                on_wait(f"waiting for {holder}, which holds {self.what} (lock {self.path})")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX)
         self.fd = fd
         if not self.shared:
             previous = read_holder(self.path)

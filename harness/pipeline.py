@@ -17,8 +17,8 @@ import torch
 
 from harness.config import EvalConfig, ModelSpec, RunConfig, TaskConfig
 from harness.paths import cache_dir, data_dir as resolve_data_dir
-from harness.training.loop import TrainingSetup, TrainResult, required_signal, train
-from objectives.base import TeacherSignal, build_objective
+from harness.training.loop import TrainingSetup, TrainResult, train
+from objectives.base import build_objective
 
 
 @dataclass
@@ -44,7 +44,7 @@ def pick_device() -> torch.device:
 def load_pair(teacher_spec: ModelSpec, student_spec: ModelSpec, *, need_teacher: bool = True,
               teacher: torch.nn.Module | None = None, allow_head_slice: bool = False) -> LoadedPair:
     """Load (or reuse) the teacher and load a fresh student; refuse mismatched vocabularies up front."""
-    from harness.models import check_vocab_compat, load_model, resolve_model_dir
+    from harness.modeling import check_vocab_compat, load_model, resolve_model_dir
 
     device = pick_device()
     teacher_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -116,21 +116,13 @@ def run_training(cfg: RunConfig, run_dir: Path, *, max_steps: int | None = None,
     from harness.task_rewards import check_reward_available
 
     check_reward_available(objective, cfg.task.name)  # before loading any model
-    # contract v2: a self-teaching objective (teacher_model() != "teacher") needs no teacher model
-    needs_signal = required_signal(objective) != TeacherSignal.NONE and objective.teacher_model() == "teacher"
-    need_teacher = needs_signal or _needs_teacher_generation(objective)
+    # the teacher model is loaded for its signal (not when the student teaches itself) or to generate
+    need_teacher = objective.needs().loads_teacher
     pair = load_pair(cfg.teacher, cfg.student, need_teacher=need_teacher, teacher=teacher,
                      allow_head_slice=cfg.allow_head_slice)
     setup = build_setup(cfg, pair, limit=limit)
     return train(cfg, run_dir, setup, max_steps=max_steps, progress=progress, stop_after_step=stop_after_step,
                  save_model=save_model, dist=dist)
-
-
-def _needs_teacher_generation(objective) -> bool:
-    from objectives.base import SequenceSource
-
-    mix = objective.source_mix(0.0)
-    return any(src == SequenceSource.TEACHER and p > 0 for src, p in mix.items()) or objective.source == SequenceSource.TEACHER
 
 
 def evaluate_cell(model, tokenizer, task_cfgs: list[TaskConfig], eval_cfg: EvalConfig, out_dir: Path, *,

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -81,8 +82,6 @@ def _hub_data_fix(task_def, split: str, where: str, data_dir: Path | None) -> st
 
     fixes = ["run where huggingface.co is reachable (unset HF_HUB_OFFLINE)"]
     ds = DATASETS.get(task_def.name)
-    if ds is not None and ds.kind == "hub_cache":
-        fixes.append(f"run `distill-bench data fetch {ds.name}` once online (fills the datasets cache this source reads)")
     for name in task_def.sources_for(split):
         src = task_def.sources[name]
         if src.kind == "local" and ds is not None and any(f.rel == src.splits[split] for f in ds.files):
@@ -389,6 +388,26 @@ def _host_memory() -> int | None:
         return None
 
 
+def _no_gpu_driver() -> bool:
+    """True when this machine has neither an NVIDIA nor an AMD GPU driver: torch could see no device.
+
+    Checked from the filesystem so that a CPU-only dry run never pays torch's import (~4 s of CPU,
+    most of a dry run's time); wherever a driver exists, torch itself counts the devices.
+    """
+    return not any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd"))
+
+
+def cuda_device_memory() -> list[int]:
+    """Total bytes of each CUDA device torch can use ([] when none)."""
+    if "torch" not in sys.modules and _no_gpu_driver():
+        return []
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
+
+
 def device_problems(cfg: SuiteConfig, cells, *, devices: list[int] | None = None,
                     host_bytes: int | None = None) -> list[Missing]:
     """The plan's memory estimate against the largest CUDA device, or host memory when there is none.
@@ -398,10 +417,7 @@ def device_problems(cfg: SuiteConfig, cells, *, devices: list[int] | None = None
     if not cells:
         return []
     if devices is None:
-        import torch
-
-        devices = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())] \
-            if torch.cuda.is_available() else []
+        devices = cuda_device_memory()
     est = memory_estimate(cfg, accelerator=bool(devices))
     if est is None:
         return []

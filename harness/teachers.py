@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,30 +75,23 @@ def _examples_digest(task: TaskConfig, data_dir: Path | None, seed: int) -> str:
     return h.hexdigest()
 
 
-def task_teacher(cfg: SuiteConfig, task: TaskConfig, data_dir: Path | None, *, progress: bool = True) -> TaskTeacher:
-    """The teacher the task's cells distil from, preparing (or reusing) it first when the suite says so."""
-    base = base_teacher(cfg, task)
-    if cfg.teacher_prep is None:
-        return TaskTeacher(base, base, {"model": base.model_dump(mode="json", exclude_none=True), "prepared": None})
-    from harness.models import resolve_model_dir
+def _prepare(cfg: SuiteConfig, task: TaskConfig, base: ModelSpec, base_dir: Path, key: str, data_dir: Path | None,
+             train_dir: Path, provenance_file: Path, progress: bool) -> None:
     from harness.pipeline import run_training
+    from harness.training.distributed import init_distributed
 
     prep = cfg.teacher_prep
-    base_dir = resolve_model_dir(base)
-    key = prep_key(cfg, task, _examples_digest(task, data_dir, prep.seed), base_dir)
-    out = cache_dir() / PREPARED_DIRNAME / f"{task.name}-{key}"
-    train_dir = out / "train"
-    provenance_file = out / "provenance.json"
-    if not provenance_file.is_file():
-        # The teacher trains as the stage's "student" with `sft` (no teacher signal is needed).
-        run_cfg = RunConfig(teacher=base, student=base.model_copy(update={"lora": prep.lora}),
-                            task=task.model_copy(update={"teacher": None}),
-                            objective={"name": prep.objective, "label": "teacher_prep"}, train=prep.train,
-                            seed=prep.seed, output_dir=str(train_dir), data_dir=str(data_dir) if data_dir else None,
-                            allow_head_slice=cfg.allow_head_slice)
-        result = run_training(run_cfg, train_dir, progress=progress, save_model=True)
-        summary = result.summary
-        del result
+    assert prep is not None
+    # The teacher trains as the stage's "student" with `sft` (no teacher signal is needed).
+    run_cfg = RunConfig(teacher=base, student=base.model_copy(update={"lora": prep.lora}),
+                        task=task.model_copy(update={"teacher": None}),
+                        objective={"name": prep.objective, "label": "teacher_prep"}, train=prep.train,
+                        seed=prep.seed, output_dir=str(train_dir), data_dir=str(data_dir) if data_dir else None,
+                        allow_head_slice=cfg.allow_head_slice)
+    result = run_training(run_cfg, train_dir, progress=progress, save_model=True)
+    summary = result.summary
+    del result
+    if init_distributed().is_main:
         # Written last: its presence means the prepared checkpoint is complete (an interrupted
         # preparation resumes from its checkpoint on the next run).
         atomic_write_json(provenance_file, {
@@ -108,6 +102,51 @@ def task_teacher(cfg: SuiteConfig, task: TaskConfig, data_dir: Path | None, *, p
             "model_dir": str(train_dir / "model"),
             "optimizer_steps": summary.get("optimizer_steps"), "prompts_seen": summary.get("prompts_seen"),
         })
+
+
+def _prepare_once(out: Path, provenance_file: Path, prepare) -> None:
+    """Run `prepare` unless another process has finished (or is finishing) the same preparation.
+
+    Two suites, shards or Ray workers may need one teacher at once: the first takes an exclusive
+    lock and trains; the others wait on it (flock: released even if the holder is killed) and then
+    find the provenance file and reuse the checkpoint. Inside one torchrun job every rank trains
+    together, so rank 0 alone takes the lock and tells the other ranks whether to train.
+    """
+    from harness.locks import FileLock
+    from harness.training.distributed import init_distributed
+
+    dist = init_distributed()
+    lock = FileLock(out.parent / ".locks" / f"{out.name}.lock", what=f"the preparation of {out.name}")
+    if dist.is_main:
+        lock.acquire(wait=True, on_wait=lambda msg: print(f"teacher prep: {msg}", file=sys.stderr, flush=True))
+    try:
+        if dist.broadcast_object(not provenance_file.is_file()):
+            prepare()
+        dist.barrier()  # no rank reads the provenance before rank 0 has written it
+    finally:
+        lock.release()
+
+
+def task_teacher(cfg: SuiteConfig, task: TaskConfig, data_dir: Path | None, *, progress: bool = True) -> TaskTeacher:
+    """The teacher the task's cells distil from, preparing (or reusing) it first when the suite says so."""
+    base = base_teacher(cfg, task)
+    if cfg.teacher_prep is None:
+        return TaskTeacher(base, base, {"model": base.model_dump(mode="json", exclude_none=True), "prepared": None})
+    from harness.modeling import resolve_model_dir
+
+    prep = cfg.teacher_prep
+    base_dir = resolve_model_dir(base)
+    key = prep_key(cfg, task, _examples_digest(task, data_dir, prep.seed), base_dir)
+    out = cache_dir() / PREPARED_DIRNAME / f"{task.name}-{key}"
+    train_dir = out / "train"
+    provenance_file = out / "provenance.json"
+    from harness.training.distributed import init_distributed
+
+    # Rank 0's view for every rank (they must all take the same path). A finished preparation is
+    # reused without the lock, so a read-only shared cache of prepared teachers still works.
+    if not init_distributed().broadcast_object(provenance_file.is_file()):
+        _prepare_once(out, provenance_file, lambda: _prepare(cfg, task, base, base_dir, key, data_dir, train_dir,
+                                                            provenance_file, progress))
     provenance = read_json(provenance_file)
     spec = ModelSpec(name=provenance["model_dir"])
     return TaskTeacher(spec, base, {"model": spec.model_dump(mode="json", exclude_none=True), "prepared": provenance})

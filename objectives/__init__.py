@@ -1,6 +1,9 @@
 """Distillation objectives: one module per objective plus the shared machinery.
 
-- ``objectives.base``: the plugin contract (``Objective``, ``LossChunk``) and the registry.
+- ``objectives.contract``: the plugin contract (``Objective``, ``LossChunk``, ``Needs``);
+  ``objectives.params``: parameter validation; ``objectives.registry``: discovery and lookup;
+  ``objectives.base`` re-exports all three for plugins.
+- ``objectives.reference``: plain building blocks of each objective's ``reference_loss``.
 - ``objectives.divergences``: per-position divergence math on fp32 log-probabilities.
 - ``objectives.engine``: dense and chunked (memory-bounded) loss paths.
 - ``objectives.conformance``: a check kit that plugin authors run against their objective.

@@ -4,14 +4,18 @@ Usage for plugin authors::
 
     from objectives.conformance import assert_conformant
     assert_conformant(MyObjective)                      # or a registered name, or an instance
-    assert_conformant("my_objective", {"alpha": 0.2}, reference=my_plain_formula)
+    assert_conformant("my_objective", {"alpha": 0.2})
 
 Each ``check_*`` function takes an ``Objective`` instance and returns a ``CheckResult`` whose status
 is "pass", "fail" or "skip" (with the reason). Checks use small synthetic tensors on CPU (the
 memory check uses CUDA when available) and run in well under a second each.
 
-``reference`` formulas are written independently of ``objectives.divergences``, in the simplest
-dense way (softmax, log, sum) in fp64; the kit holds them for the built-ins.
+The kit holds no knowledge of particular objectives: each objective restates its loss in
+``reference_loss`` (written with ``objectives.reference``, independently of
+``objectives.divergences``) and lists checks of its own properties in ``conformance_checks``, next
+to its class. An objective without a reference formula FAILS ``reference_gradient``. The helpers
+below (``synthetic_logits``, ``per_token``, ``outcome``, ``guarded``, ...) are public so that those
+objective-specific checks are written the same way as the kit's.
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ from torch import Tensor, nn
 
 from harness.errors import ObjectiveError
 from objectives.base import LossChunk, Objective, RowInfo, SequenceSource, TeacherSignal, get_objective
+from objectives.contract import PROGRESS_GRID
 from objectives.engine import BEHAVIOUR_STAT, chunked_loss, dense_loss, make_loss_chunk, row_token_stats
 
 __all__ = [
-    "REFERENCE_LOSSES",
     "CheckResult",
     "assert_conformant",
     "check_accumulation",
@@ -39,24 +43,34 @@ __all__ = [
     "check_chunked_memory",
     "check_contract",
     "check_direction",
-    "check_gkd_continuity",
     "check_reference",
     "check_row_weights_invariance",
     "check_rows_reach",
     "check_teacher_prompt",
     "check_weight_one_identity",
-    "check_veto_beta0_equals_kl",
-    "check_veto_forward_gradient",
     "check_zero_at_match",
     "cpu_memory_profile",
+    "all_close",
+    "end_sched",
+    "guarded",
+    "max_diff",
+    "mid_sched",
+    "outcome",
     "peak_memory_bytes",
+    "per_token",
     "run_conformance",
     "single_threaded",
+    "synthetic_advantage",
+    "synthetic_behaviour",
+    "synthetic_case",
+    "synthetic_logits",
+    "synthetic_targets",
 ]
 
 Status = Literal["pass", "fail", "skip"]
-# reference(objective, student_logits fp64 [N,V], teacher_logits fp64 [N,V], targets [N], sched) -> [N]
-Reference = Callable[[Objective, Tensor, Tensor, Tensor, dict], Tensor]
+# reference(student_logits fp64 [N,V], teacher_logits fp64 [N,V], targets [N], sched, rows) -> [N]:
+# the signature of Objective.reference_loss (bound to its objective)
+Reference = Callable[[Tensor, Tensor, Tensor, dict, RowInfo], Tensor]
 
 
 @dataclass
@@ -75,7 +89,7 @@ class CheckResult:
         return f"[{self.status.upper()}] {self.name}" + (f": {self.detail}" if self.detail else "")
 
 
-def _result(name: str, problems: list[str], ok_detail: str = "") -> CheckResult:
+def outcome(name: str, problems: list[str], ok_detail: str = "") -> CheckResult:
     return CheckResult(name, "fail", "; ".join(problems)) if problems else CheckResult(name, "pass", ok_detail)
 
 
@@ -86,35 +100,40 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _logits(n: int, v: int, seed: int, scale: float = 2.0, dtype: torch.dtype = torch.float32) -> Tensor:
+def synthetic_logits(n: int, v: int, seed: int, scale: float = 2.0, dtype: torch.dtype = torch.float32) -> Tensor:
     return (torch.randn(n, v, generator=_gen(seed), dtype=torch.float64) * scale).to(dtype)
 
 
-def _targets(n: int, v: int, seed: int) -> Tensor:
+def synthetic_targets(n: int, v: int, seed: int) -> Tensor:
     return torch.randint(0, v, (n,), generator=_gen(seed))
+
+
+def synthetic_case(n: int, v: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Student logits, teacher logits (fp32 [n, v]) and targets [n] from seeds seed, seed+1, seed+2."""
+    return synthetic_logits(n, v, seed), synthetic_logits(n, v, seed + 1), synthetic_targets(n, v, seed + 2)
 
 
 def _needs_teacher(obj: Objective) -> bool:
     return obj.required_teacher_signal() is not TeacherSignal.NONE
 
 
-def _mid_sched(obj: Objective) -> dict[str, float]:
+def mid_sched(obj: Objective) -> dict[str, float]:
     return obj.schedule(3, 10)
 
 
-def _end_sched(obj: Objective) -> dict[str, float]:
+def end_sched(obj: Objective) -> dict[str, float]:
     return obj.schedule(9, 10)
 
 
-def _per_token(obj: Objective, sched: dict, s: Tensor, t: Tensor | None, y: Tensor) -> Tensor:
+def per_token(obj: Objective, sched: dict, s: Tensor, t: Tensor | None, y: Tensor) -> Tensor:
     return obj.per_token_loss(make_loss_chunk(obj, s, t, y), sched)
 
 
-def _maxdiff(a: Tensor, b: Tensor) -> float:
+def max_diff(a: Tensor, b: Tensor) -> float:
     return float((a.detach().double() - b.detach().double()).abs().max()) if a.numel() else 0.0
 
 
-def _close(a: Tensor, b: Tensor, rtol: float, atol: float) -> bool:
+def all_close(a: Tensor, b: Tensor, rtol: float, atol: float) -> bool:
     return bool(torch.allclose(a.detach().double(), b.detach().double(), rtol=rtol, atol=atol))
 
 
@@ -133,7 +152,7 @@ def single_threaded() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _guard(name: str, fn: Callable[[], CheckResult]) -> CheckResult:
+def guarded(name: str, fn: Callable[[], CheckResult]) -> CheckResult:
     try:
         return fn()
     except Exception as exc:  # noqa: BLE001 - a crashing objective is a failed check, not a crash
@@ -165,6 +184,11 @@ def check_contract(obj: Objective) -> CheckResult:
                 isinstance(k, str) and isinstance(v, (int, float)) and math.isfinite(v) for k, v in sched.items()
             ):
                 problems.append(f"schedule({step}, {total}) must return dict[str, finite float], got {sched!r}")
+        declared = set(obj.needs().sources)
+        used = {src for p in PROGRESS_GRID for src, w in obj.source_mix(p).items() if w > 0}
+        if not used <= declared:
+            problems.append(f"source_mix uses {sorted(s.value for s in used - declared)} at some progress, but "
+                            f"sequence_sources() declares only {sorted(s.value for s in declared)}")
         if not isinstance(obj.required_teacher_signal(), TeacherSignal):
             problems.append("required_teacher_signal() must return a TeacherSignal")
         if obj.divergence_direction not in (None, "forward", "reverse"):
@@ -174,8 +198,8 @@ def check_contract(obj: Objective) -> CheckResult:
             if key not in desc:
                 problems.append(f"describe() lacks {key!r}")
         n, v = 6, 11
-        s = _logits(n, v, 1).requires_grad_()
-        out = _per_token(obj, _mid_sched(obj), s, _logits(n, v, 2), _targets(n, v, 3))
+        s = synthetic_logits(n, v, 1).requires_grad_()
+        out = per_token(obj, mid_sched(obj), s, synthetic_logits(n, v, 2), synthetic_targets(n, v, 3))
         if not isinstance(out, Tensor) or out.shape != (n,):
             problems.append(f"per_token_loss must return shape [{n}], got {getattr(out, 'shape', type(out))}")
         elif out.dtype != torch.float32:
@@ -184,9 +208,9 @@ def check_contract(obj: Objective) -> CheckResult:
             problems.append("per_token_loss returned non-finite values on ordinary inputs")
         elif not out.requires_grad:
             problems.append("per_token_loss output does not depend on student_logits")
-        return _result("contract", problems)
+        return outcome("contract", problems)
 
-    return _guard("contract", run)
+    return guarded("contract", run)
 
 
 def check_zero_at_match(obj: Objective) -> CheckResult:
@@ -196,12 +220,12 @@ def check_zero_at_match(obj: Objective) -> CheckResult:
     def run() -> CheckResult:
         if not _needs_teacher(obj):
             return CheckResult(name, "skip", "objective uses no teacher signal")
-        sched = _end_sched(obj)
+        sched = end_sched(obj)
         if not obj.teacher_is_fixed_point(sched):
             return CheckResult(name, "skip", f"teacher is not the optimum under sched {sched}")
         n, v = 16, 37
-        s = _logits(n, v, 11).requires_grad_()
-        loss = _per_token(obj, sched, s, s.detach().clone(), _targets(n, v, 12))
+        s = synthetic_logits(n, v, 11).requires_grad_()
+        loss = per_token(obj, sched, s, s.detach().clone(), synthetic_targets(n, v, 12))
         (grad,) = torch.autograd.grad(loss.sum(), s)
         problems = []
         loss = loss.detach()
@@ -209,9 +233,9 @@ def check_zero_at_match(obj: Objective) -> CheckResult:
             problems.append(f"max |loss| = {float(loss.abs().max()):.3g} (> 1e-6)")
         if float(grad.abs().max()) > 1e-6:
             problems.append(f"max |grad| = {float(grad.abs().max()):.3g} (> 1e-6)")
-        return _result(name, problems)
+        return outcome(name, problems)
 
-    return _guard(name, run)
+    return guarded(name, run)
 
 
 def _direction_pair() -> tuple[Tensor, Tensor]:
@@ -234,16 +258,16 @@ def check_direction(obj: Objective) -> CheckResult:
         direction = obj.divergence_direction
         if direction is None or not _needs_teacher(obj):
             return CheckResult(name, "skip", "objective declares no divergence direction")
-        sched = _end_sched(obj)
+        sched = end_sched(obj)
         broad, narrow = _direction_pair()
         y = torch.zeros(1, dtype=torch.long)
-        missing = float(_per_token(obj, sched, narrow, broad, y).detach().sum())
-        extra = float(_per_token(obj, sched, broad, narrow, y).detach().sum())
+        missing = float(per_token(obj, sched, narrow, broad, y).detach().sum())
+        extra = float(per_token(obj, sched, broad, narrow, y).detach().sum())
         detail = f"loss(missing teacher mass)={missing:.4f}, loss(extra student mass)={extra:.4f}"
         ok = missing > extra * 1.05 if direction == "forward" else extra > missing * 1.05
         return CheckResult(name, "pass" if ok else "fail", f"{direction}: {detail}")
 
-    return _guard(name, run)
+    return guarded(name, run)
 
 
 def _heads(v: int, h: int, ht: int, seed: int, dtype: torch.dtype = torch.float32) -> tuple[nn.Linear, nn.Linear]:
@@ -263,11 +287,11 @@ def check_chunked_matches_dense(obj: Objective) -> CheckResult:
 
     def run() -> CheckResult:
         n, v, h, ht = 37, 50, 16, 24
-        sched = _mid_sched(obj)
+        sched = mid_sched(obj)
         head, t_head = _heads(v, h, ht, 21)
         hidden = torch.randn(n, h, generator=_gen(22)).requires_grad_()
         t_hidden = torch.randn(n, ht, generator=_gen(23))
-        y = _targets(n, v, 24)
+        y = synthetic_targets(n, v, 24)
         params = [hidden, head.weight, head.bias]
         ref = dense_loss(obj, sched, head(hidden), t_head(t_hidden).detach(), y)
         ref_grads = torch.autograd.grad(ref.loss_sum, params)
@@ -276,7 +300,7 @@ def check_chunked_matches_dense(obj: Objective) -> CheckResult:
             out = chunked_loss(obj, sched, hidden, head, t_hidden, t_head, y, chunk_size=chunk_size)
             grads = torch.autograd.grad(out.loss_sum, params)
             tag = f"chunk_size={chunk_size}"
-            if not _close(out.loss_sum.detach(), ref.loss_sum.detach(), 1e-5, 1e-5):
+            if not all_close(out.loss_sum.detach(), ref.loss_sum.detach(), 1e-5, 1e-5):
                 problems.append(
                     f"{tag}: loss {float(out.loss_sum.detach()):.7g} vs dense {float(ref.loss_sum.detach()):.7g}"
                 )
@@ -287,11 +311,11 @@ def check_chunked_matches_dense(obj: Objective) -> CheckResult:
                 if not (math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-5) or (math.isnan(a) and math.isnan(b))):
                     problems.append(f"{tag}: {stat} {a:.7g} vs dense {b:.7g}")
             for label, g, r in zip(("hidden", "head.weight", "head.bias"), grads, ref_grads):
-                if not _close(g, r, 1e-5, 1e-5):
-                    problems.append(f"{tag}: grad {label} differs by {_maxdiff(g, r):.3g}")
-        return _result(name, problems)
+                if not all_close(g, r, 1e-5, 1e-5):
+                    problems.append(f"{tag}: grad {label} differs by {max_diff(g, r):.3g}")
+        return outcome(name, problems)
 
-    return _guard(name, run)
+    return guarded(name, run)
 
 
 def check_accumulation(obj: Objective) -> CheckResult:
@@ -300,10 +324,10 @@ def check_accumulation(obj: Objective) -> CheckResult:
 
     def run() -> CheckResult:
         n, v = 24, 29
-        sched = _mid_sched(obj)
-        s = _logits(n, v, 31).requires_grad_()
-        t = _logits(n, v, 32)
-        y = _targets(n, v, 33)
+        sched = mid_sched(obj)
+        s = synthetic_logits(n, v, 31).requires_grad_()
+        t = synthetic_logits(n, v, 32)
+        y = synthetic_targets(n, v, 33)
         full = dense_loss(obj, sched, s, t, y)
         (g_full,) = torch.autograd.grad(full.loss_sum / full.n_tokens, s)
         parts = [dense_loss(obj, sched, s[a:b], t[a:b], y[a:b]) for a, b in ((0, 10), (10, 11), (11, 24))]
@@ -313,15 +337,15 @@ def check_accumulation(obj: Objective) -> CheckResult:
         problems = []
         if total_tokens != full.n_tokens:
             problems.append(f"micro-batch token counts sum to {total_tokens}, not {full.n_tokens}")
-        if not _close(accumulated.detach(), full.loss_sum.detach() / full.n_tokens, 1e-6, 1e-7):
+        if not all_close(accumulated.detach(), full.loss_sum.detach() / full.n_tokens, 1e-6, 1e-7):
             problems.append(
                 f"accumulated loss {float(accumulated.detach()):.7g} vs one batch {float(full.loss_sum.detach()) / n:.7g}"
             )
-        if not _close(g_acc, g_full, 1e-6, 1e-7):
-            problems.append(f"gradients differ by {_maxdiff(g_acc, g_full):.3g}")
-        return _result(name, problems)
+        if not all_close(g_acc, g_full, 1e-6, 1e-7):
+            problems.append(f"gradients differ by {max_diff(g_acc, g_full):.3g}")
+        return outcome(name, problems)
 
-    return _guard(name, run)
+    return guarded(name, run)
 
 
 def check_bf16(obj: Objective) -> CheckResult:
@@ -330,20 +354,20 @@ def check_bf16(obj: Objective) -> CheckResult:
 
     def run() -> CheckResult:
         problems: list[str] = []
-        sched = _mid_sched(obj)
+        sched = mid_sched(obj)
         n, v = 64, 2048
-        base = _logits(n, v, 41, scale=3.0)
-        noise = _logits(n, v, 42, scale=1.0)
+        base = synthetic_logits(n, v, 41, scale=3.0)
+        noise = synthetic_logits(n, v, 42, scale=1.0)
         cases = {  # nearly identical pairs are where a naive Σ p(log p − log q) dips below 0
             "identical": (base, base),
             "nearly identical": (base, base + 1e-4 * noise),
             "close": (base, base + 1e-2 * noise),
-            "different": (base, _logits(n, v, 43, scale=3.0)),
+            "different": (base, synthetic_logits(n, v, 43, scale=3.0)),
         }
-        y = _targets(n, v, 44)
+        y = synthetic_targets(n, v, 44)
         for label, (s32, t32) in cases.items():
             s16, t16 = s32.bfloat16().requires_grad_(), t32.bfloat16()
-            loss = _per_token(obj, sched, s16, t16, y)
+            loss = per_token(obj, sched, s16, t16, y)
             if loss.dtype != torch.float32:
                 problems.append(f"{label}: loss dtype {loss.dtype}, expected float32")
             if not torch.isfinite(loss).all():
@@ -354,22 +378,22 @@ def check_bf16(obj: Objective) -> CheckResult:
             if g.dtype != torch.bfloat16 or not torch.isfinite(g).all():
                 problems.append(f"{label}: gradient must be finite bf16, got {g.dtype}")
             # Same bf16 values in fp64: an objective that computes in bf16 internally is far off.
-            loss64 = _per_token(obj, sched, s16.detach().double(), t16.double(), y)
-            if not _close(loss.detach(), loss64, 1e-3, 2e-4):
-                problems.append(f"{label}: fp32 result differs from fp64 by {_maxdiff(loss, loss64):.3g}")
+            loss64 = per_token(obj, sched, s16.detach().double(), t16.double(), y)
+            if not all_close(loss.detach(), loss64, 1e-3, 2e-4):
+                problems.append(f"{label}: fp32 result differs from fp64 by {max_diff(loss, loss64):.3g}")
         # Chunked path with a bf16 model: logits in bf16, loss in fp32.
         nh, h = 40, 32
         head, t_head = _heads(v, h, h, 45, dtype=torch.bfloat16)
         hidden = torch.randn(nh, h, generator=_gen(46)).bfloat16().requires_grad_()
         t_hidden = hidden.detach().clone() + 0.01 * torch.randn(nh, h, generator=_gen(47)).bfloat16()
-        yh = _targets(nh, v, 48)
+        yh = synthetic_targets(nh, v, 48)
         out = chunked_loss(obj, sched, hidden, head, t_hidden, t_head, yh, chunk_size=16)
         dense = dense_loss(obj, sched, head(hidden), t_head(t_hidden).detach(), yh)
         if out.loss_sum.dtype != torch.float32 or not torch.isfinite(out.loss_sum):
             problems.append(f"chunked bf16: loss must be finite float32, got {out.loss_sum.dtype}")
         if obj.nonnegative_loss and float(out.loss_sum.detach()) < 0:
             problems.append(f"chunked bf16: negative loss {float(out.loss_sum.detach()):.3g}")
-        if not _close(out.loss_sum.detach(), dense.loss_sum.detach(), 1e-4, 1e-4):
+        if not all_close(out.loss_sum.detach(), dense.loss_sum.detach(), 1e-4, 1e-4):
             problems.append(
                 f"chunked bf16 loss {float(out.loss_sum.detach()):.6g} vs dense {float(dense.loss_sum.detach()):.6g}"
             )
@@ -378,37 +402,47 @@ def check_bf16(obj: Objective) -> CheckResult:
             problems.append(f"chunked bf16: grads must match parameter dtype, got {gh.dtype}, {gw.dtype}")
         if not (torch.isfinite(gh).all() and torch.isfinite(gw).all()):
             problems.append("chunked bf16: non-finite gradients")
-        return _result(name, problems)
+        return outcome(name, problems)
 
-    return _guard(name, run)
+    return guarded(name, run)
 
 
 def check_reference(obj: Objective, reference: Reference | None = None) -> CheckResult:
-    """Per-token loss and its gradient match autograd of a plain fp64 reference formula."""
+    """Per-token loss and its gradient match autograd of the objective's plain fp64 ``reference_loss``.
+
+    ``reference`` replaces the objective's own formula (tests use it to hold one objective against
+    another's reference). An objective that declares no reference fails: an unchecked loss is not
+    conformant.
+    """
     name = "reference_gradient"
 
     def run() -> CheckResult:
-        ref_fn = reference or REFERENCE_LOSSES.get(obj.name)
-        if ref_fn is None:
-            return CheckResult(name, "skip", f"no reference formula for {obj.name!r} (pass reference=...)")
+        if reference is None and not obj.has_reference():
+            return CheckResult(name, "fail", f"objective {obj.name!r} declares no reference formula: define "
+                               "reference_loss(student_logits, teacher_logits, targets, sched, rows) on its class "
+                               "with objectives.reference (see objectives/README.md)")
+        ref_fn = reference or obj.reference_loss
         n, v = 12, 23
         problems = []
-        for sched in (obj.schedule(0, 10), _mid_sched(obj), _end_sched(obj)):
-            s = _logits(n, v, 51, scale=2.5, dtype=torch.float64).requires_grad_()
-            t = _logits(n, v, 52, scale=2.5, dtype=torch.float64)
-            y = _targets(n, v, 53)
-            got = _per_token(obj, sched, s, t, y)
+        for sched in (obj.schedule(0, 10), mid_sched(obj), end_sched(obj)):
+            s = synthetic_logits(n, v, 51, scale=2.5, dtype=torch.float64).requires_grad_()
+            t = synthetic_logits(n, v, 52, scale=2.5, dtype=torch.float64)
+            y = synthetic_targets(n, v, 53)
+            got = per_token(obj, sched, s, t, y)
             (g_got,) = torch.autograd.grad(got.sum(), s)
             s_ref = s.detach().clone().requires_grad_()
-            want = ref_fn(obj, s_ref, t, y, sched)
+            # the same synthetic rows the objective's chunks got (see _with_synthetic_rows)
+            rows = RowInfo(advantage=synthetic_advantage(y, s.dtype), behaviour_logprobs=synthetic_behaviour(s, y)) \
+                if _needs_rows(obj) else RowInfo()
+            want = ref_fn(s_ref, t, y, sched, rows)
             (g_want,) = torch.autograd.grad(want.sum(), s_ref)
-            if not _close(got, want, 1e-6, 1e-9):
-                problems.append(f"sched {sched}: loss differs by {_maxdiff(got, want):.3g}")
-            if not _close(g_got, g_want, 1e-6, 1e-9):
-                problems.append(f"sched {sched}: gradient differs by {_maxdiff(g_got, g_want):.3g}")
-        return _result(name, problems)
+            if not all_close(got, want, 1e-6, 1e-9):
+                problems.append(f"sched {sched}: loss differs by {max_diff(got, want):.3g}")
+            if not all_close(g_got, g_want, 1e-6, 1e-9):
+                problems.append(f"sched {sched}: gradient differs by {max_diff(g_got, g_want):.3g}")
+        return outcome(name, problems)
 
-    return _guard(name, run)
+    return guarded(name, run)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,11 +489,11 @@ def check_chunked_memory(
 
     def run() -> CheckResult:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        sched = _mid_sched(obj)
+        sched = mid_sched(obj)
         head, t_head = (m.to(device) for m in _heads(vocab, hidden_size, hidden_size, 61))
         hidden = torch.randn(n, hidden_size, generator=_gen(62)).to(device).requires_grad_()
         t_hidden = torch.randn(n, hidden_size, generator=_gen(63)).to(device)
-        y = _targets(n, vocab, 64).to(device)
+        y = synthetic_targets(n, vocab, 64).to(device)
 
         def dense() -> None:
             with torch.no_grad():
@@ -479,116 +513,7 @@ def check_chunked_memory(
         detail = f"{device}: dense {d_peak / 2**20:.1f} MiB, chunked {c_peak / 2**20:.1f} MiB (ratio {ratio:.2f})"
         return CheckResult(name, "pass" if ratio <= 0.5 else "fail", detail)
 
-    return _guard(name, run)
-
-
-# ---------------------------------------------------------------------------------------------
-# Objective-specific checks
-# ---------------------------------------------------------------------------------------------
-def _veto_variant(obj: Objective, **update: Any) -> Objective:
-    return type(obj)(obj.params.model_copy(update=update))
-
-
-def check_veto_beta0_equals_kl(obj: Objective) -> CheckResult:
-    """Veto at β = 0 is exactly onpolicy_fkl (forward) / onpolicy_rkl (reverse): loss and gradient."""
-    name = "veto_beta0_equals_kl"
-
-    def run() -> CheckResult:
-        n, v = 10, 31
-        s0 = _logits(n, v, 71)
-        t = _logits(n, v, 72)
-        y = _targets(n, v, 73)
-        problems = []
-        for direction, plain_name in (("forward", "onpolicy_fkl"), ("reverse", "onpolicy_rkl")):
-            veto = _veto_variant(obj, direction=direction)
-            plain = get_objective(plain_name)()
-            s1, s2 = s0.clone().requires_grad_(), s0.clone().requires_grad_()
-            a = _per_token(veto, {"beta": 0.0}, s1, t, y)
-            b = _per_token(plain, {}, s2, t, y)
-            (ga,) = torch.autograd.grad(a.sum(), s1)
-            (gb,) = torch.autograd.grad(b.sum(), s2)
-            if not torch.equal(a, b):
-                problems.append(f"{direction}: loss differs from {plain_name} by {_maxdiff(a, b):.3g}")
-            if not torch.equal(ga, gb):
-                problems.append(f"{direction}: gradient differs from {plain_name} by {_maxdiff(ga, gb):.3g}")
-        return _result(name, problems)
-
-    return _guard(name, run)
-
-
-def check_veto_forward_gradient(obj: Objective) -> CheckResult:
-    """Forward Veto: d(Σ loss)/d(student logits) = p_S − q with q = softmax(log p_T + β log p_S)."""
-    name = "veto_forward_gradient"
-
-    def run() -> CheckResult:
-        veto = _veto_variant(obj, direction="forward")
-        n, v = 10, 31
-        s = _logits(n, v, 81).requires_grad_()
-        t = _logits(n, v, 82)
-        y = _targets(n, v, 83)
-        problems = []
-        for beta in (0.0, 0.5, 0.8, 1.7):
-            loss = _per_token(veto, {"beta": beta}, s, t, y)
-            (g,) = torch.autograd.grad(loss.sum(), s)
-            with torch.no_grad():
-                ls = torch.log_softmax(s.double(), -1)
-                q = torch.softmax(torch.log_softmax(t.double(), -1) + beta * ls, -1)
-                expected = ls.exp() - q
-            if not _close(g, expected, 1e-5, 1e-6):
-                problems.append(f"beta={beta}: gradient differs from p_S − q by {_maxdiff(g, expected):.3g}")
-        return _result(name, problems)
-
-    return _guard(name, run)
-
-
-def check_gkd_continuity(obj: Objective) -> CheckResult:
-    """Normalized JSD is continuous at β = 0 (forward KL) and β = 1 (reverse KL).
-
-    The gap to the endpoint must shrink about linearly as β → endpoint (slope ~ χ²(T, S), which is
-    large for distant distributions, so a fixed tolerance at one β would be meaningless), and be
-    small relative to the value at 1e-6 from the endpoint. The endpoints must be exactly the KLs.
-    """
-    name = "gkd_continuity"
-
-    def run() -> CheckResult:
-        n, v = 12, 41
-        s = _logits(n, v, 91)
-        t = _logits(n, v, 92)
-        y = _targets(n, v, 93)
-
-        def at(beta: float) -> Tensor:
-            variant = type(obj)(obj.params.model_copy(update={"beta": beta}))
-            return _per_token(variant, {}, s, t, y).detach().double()
-
-        problems = []
-        for end, sign in ((0.0, 1.0), (1.0, -1.0)):
-            ref = at(end)
-            gaps = [float((at(end + sign * eps) - ref).abs().max()) for eps in (1e-3, 1e-4, 1e-5, 1e-6)]
-            shrinking = all(b <= 0.2 * a + 1e-6 for a, b in zip(gaps, gaps[1:]))
-            rel_last = gaps[-1] / max(float(ref.abs().max()), 1e-12)
-            if not shrinking or rel_last > 1e-3:
-                gap_txt = ", ".join(f"{g:.2e}" for g in gaps)
-                problems.append(f"near beta={end}: gaps at distance 1e-3..1e-6 = [{gap_txt}]")
-        fkl = get_objective("onpolicy_fkl")()
-        rkl = get_objective("onpolicy_rkl")()
-        if not torch.equal(at(0.0), _per_token(fkl, {}, s, t, y).detach().double()):
-            problems.append("beta=0 is not exactly forward KL")
-        if not torch.equal(at(1.0), _per_token(rkl, {}, s, t, y).detach().double()):
-            problems.append("beta=1 is not exactly reverse KL")
-        return _result(name, problems)
-
-    return _guard(name, run)
-
-
-def _extra_checks(obj: Objective) -> list[Callable[[Objective], CheckResult]]:
-    from objectives.gkd import GKD
-    from objectives.veto import Veto
-
-    if isinstance(obj, Veto):
-        return [check_veto_beta0_equals_kl, check_veto_forward_gradient]
-    if isinstance(obj, GKD):
-        return [check_gkd_continuity]
-    return []
+    return guarded(name, run)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -636,11 +561,11 @@ def check_weight_one_identity(obj: Objective) -> CheckResult:
 
     def run() -> CheckResult:
         n, v, h, ht = 29, 41, 16, 24
-        sched = _mid_sched(obj)
+        sched = mid_sched(obj)
         head, t_head = _heads(v, h, ht, 61)
         hidden = torch.randn(n, h, generator=_gen(62)).requires_grad_()
         t_hidden = torch.randn(n, ht, generator=_gen(63))
-        y = _targets(n, v, 64)
+        y = synthetic_targets(n, v, 64)
         ones = RowInfo(weight=torch.ones(n))
         params = [hidden, head.weight, head.bias]
         problems = []
@@ -654,12 +579,12 @@ def check_weight_one_identity(obj: Objective) -> CheckResult:
                 problems.append(f"{label}: loss {float(a.loss_sum):.9g} vs weighted {float(b.loss_sum):.9g}")
             for pname, x, z in zip(("hidden", "head.weight", "head.bias"), ga, gb):
                 if not torch.equal(x, z):
-                    problems.append(f"{label}: grad {pname} not bit-identical (max diff {_maxdiff(x, z):.3g})")
+                    problems.append(f"{label}: grad {pname} not bit-identical (max diff {max_diff(x, z):.3g})")
             if (a.entropy_sum, a.n_tokens) != (b.entropy_sum, b.n_tokens):
                 problems.append(f"{label}: telemetry differs")
-        return _result(name, problems)
+        return outcome(name, problems)
 
-    return _guard(name, run)
+    return guarded(name, run)
 
 
 def _step_rows(n_seq: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -685,18 +610,18 @@ def check_row_weights_invariance(obj: Objective) -> CheckResult:
             return CheckResult(name, "skip", "objective uses no row weights")
         seq_id, seg_id = _step_rows(9, 71)
         n, v, h, ht = len(seq_id), 37, 16, 24
-        sched = _mid_sched(obj)
+        sched = mid_sched(obj)
         head, t_head = _heads(v, h, ht, 72)
         hidden = torch.randn(n, h, generator=_gen(73)).requires_grad_()
         t_hidden = torch.randn(n, ht, generator=_gen(74)) * 2
-        y = _targets(n, v, 75)
+        y = synthetic_targets(n, v, 75)
         rows = RowInfo(seq_id=seq_id, segment_id=seg_id)
         problems = []
         whole = row_token_stats(obj, sched, hidden, head, t_hidden, t_head, y, chunk_size=n, rows=rows)
         w_whole = obj.row_weights({k: x for k, x in whole.items() if k != BEHAVIOUR_STAT}, seq_id, seg_id)
         if not isinstance(w_whole, Tensor) or w_whole.shape != (n,) or not bool(torch.isfinite(w_whole).all()) \
                 or bool((w_whole < 0).any()):
-            return _result(name, [f"row_weights must return [{n}] finite weights >= 0"])
+            return outcome(name, [f"row_weights must return [{n}] finite weights >= 0"])
         # micro-batches as a stage would cut them (one per 3 sequences), chunked differently
         parts = [torch.nonzero((seq_id // 3) == k).flatten() for k in range(3)]
         pieces = [row_token_stats(obj, sched, hidden[ix], head, t_hidden[ix], t_head, y[ix], chunk_size=5,
@@ -723,16 +648,16 @@ def check_row_weights_invariance(obj: Objective) -> CheckResult:
             acc = acc + chunked_loss(obj, sched, hidden[ix], head, t_hidden[ix], t_head, y[ix], chunk_size=4,
                                      rows=RowInfo(seq_id=seq_id[ix], segment_id=seg_id[ix], weight=w)).loss_sum
         (g_acc,) = torch.autograd.grad(acc, hidden)
-        if not _close(acc.detach(), full.loss_sum.detach(), 1e-5, 1e-6):
+        if not all_close(acc.detach(), full.loss_sum.detach(), 1e-5, 1e-6):
             problems.append(f"accumulated weighted loss {float(acc):.7g} vs one batch {float(full.loss_sum):.7g}")
-        if not _close(g_acc, g_full, 1e-5, 1e-6):
-            problems.append(f"weighted gradients differ by {_maxdiff(g_acc, g_full):.3g}")
+        if not all_close(g_acc, g_full, 1e-5, 1e-6):
+            problems.append(f"weighted gradients differ by {max_diff(g_acc, g_full):.3g}")
         zero = w_whole == 0
         if bool(zero.any()) and float(g_full[zero].abs().max()) != 0.0:
             problems.append("rows of weight 0 received a gradient")
-        return _result(name, problems, f"{int(zero.sum())}/{n} rows weight 0")
+        return outcome(name, problems, f"{int(zero.sum())}/{n} rows weight 0")
 
-    return _guard(name, run)
+    return guarded(name, run)
 
 
 def check_rows_reach(obj: Objective) -> CheckResult:
@@ -744,10 +669,10 @@ def check_rows_reach(obj: Objective) -> CheckResult:
         if not _needs_rows(obj):
             return CheckResult(name, "skip", "objective uses no advantages or behaviour log-probs")
         n, v = 10, 19
-        sched = _mid_sched(obj)
-        s = _logits(n, v, 81, dtype=torch.float64)
-        t = _logits(n, v, 82, dtype=torch.float64)
-        y = _targets(n, v, 83)
+        sched = mid_sched(obj)
+        s = synthetic_logits(n, v, 81, dtype=torch.float64)
+        t = synthetic_logits(n, v, 82, dtype=torch.float64)
+        y = synthetic_targets(n, v, 83)
         adv = synthetic_advantage(y, torch.float64) + 0.5
         beh = synthetic_behaviour(s, y)
 
@@ -772,9 +697,9 @@ def check_rows_reach(obj: Objective) -> CheckResult:
         perm = torch.randperm(n, generator=_gen(84))
         if not torch.allclose(loss(s[perm], t[perm], y[perm], adv[perm], beh[perm]), base[perm], rtol=1e-12, atol=1e-12):
             problems.append("permuting rows does not permute the per-row losses")
-        return _result(name, problems)
+        return outcome(name, problems)
 
-    return _guard(name, run)
+    return guarded(name, run)
 
 
 @dataclass
@@ -810,147 +735,13 @@ def check_teacher_prompt(obj: Objective) -> CheckResult:
                 problems.append("the teacher's prompt equals the student's")
         if vars(ex) != before:
             problems.append("teacher_prompt modified the example")
-        return _result(name, problems)
+        return outcome(name, problems)
 
-    return _guard(name, run)
+    return guarded(name, run)
 
 
 def _v2_checks(obj: Objective) -> list[Callable[[Objective], CheckResult]]:
     return [check_weight_one_identity, check_row_weights_invariance, check_rows_reach, check_teacher_prompt]
-
-
-# ---------------------------------------------------------------------------------------------
-# Reference formulas for the built-ins (fp64, deliberately naive and independent)
-# ---------------------------------------------------------------------------------------------
-def _ref_ce(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
-    probs = torch.softmax(s, -1)
-    return -torch.log(probs[torch.arange(len(y)), y])
-
-
-def _kl_naive(p: Tensor, q: Tensor) -> Tensor:
-    return (p * (torch.log(p) - torch.log(q))).sum(-1)
-
-
-def _ref_fkl(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
-    return _kl_naive(torch.softmax(t, -1), torch.softmax(s, -1))
-
-
-def _ref_rkl(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
-    return _kl_naive(torch.softmax(s, -1), torch.softmax(t, -1))
-
-
-def _ref_gkd(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
-    beta = obj.params.beta
-    ps, pt = torch.softmax(s, -1), torch.softmax(t, -1)
-    if beta == 0:
-        return _kl_naive(pt, ps)
-    if beta == 1:
-        return _kl_naive(ps, pt)
-    m = beta * pt + (1 - beta) * ps
-    return (beta * _kl_naive(pt, m) + (1 - beta) * _kl_naive(ps, m)) / (beta * (1 - beta))
-
-
-def _ref_skew_kl(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
-    a = obj.params.alpha
-    ps, pt = torch.softmax(s, -1), torch.softmax(t, -1)
-    return _kl_naive(pt, a * pt + (1 - a) * ps)
-
-
-def _ref_skew_rkl(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
-    a = obj.params.alpha
-    ps, pt = torch.softmax(s, -1), torch.softmax(t, -1)
-    return _kl_naive(ps, a * ps + (1 - a) * pt)
-
-
-def _ref_tvd(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
-    return 0.5 * (torch.softmax(t, -1) - torch.softmax(s, -1)).abs().sum(-1)
-
-
-def _ref_veto(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
-    beta = sched.get("beta", obj.params.beta_start)
-    ps = torch.softmax(s, -1)
-    q = torch.softmax(torch.log(torch.softmax(t, -1)) + beta * torch.log(ps).detach(), -1)
-    if obj.params.direction == "forward":
-        return _kl_naive(q, ps)
-    return _kl_naive(ps, q)
-
-
-def _ref_onpolicy_pg(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
-    rows = torch.arange(len(y))
-    ps, pt = torch.softmax(s, -1), torch.softmax(t, -1)
-    log_ps_y, log_pt_y = torch.log(ps[rows, y]), torch.log(pt[rows, y])
-    baseline = -_kl_naive(ps, pt).detach() if obj.params.baseline == "closed_form" else 0.0
-    reward = (log_pt_y - log_ps_y).detach()
-    return -(reward - baseline) * log_ps_y
-
-
-def _ref_opsd(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
-    ps, pt = torch.softmax(s, -1), torch.softmax(t, -1)
-    if obj.params.divergence == "reverse":
-        return _kl_naive(ps, pt)
-    if obj.params.divergence == "forward":
-        return _kl_naive(pt, ps)
-    b = obj.params.jsd_beta
-    m = b * pt + (1 - b) * ps
-    return (b * _kl_naive(pt, m) + (1 - b) * _kl_naive(ps, m)) / (b * (1 - b))
-
-
-def _ref_tip(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
-    return _ref_rkl(obj, s, t, y, sched) if obj.params.divergence == "reverse" else _ref_fkl(obj, s, t, y, sched)
-
-
-def _ppo_clip_naive(logp_y: Tensor, anchor: Tensor, adv: Tensor, eps: float) -> Tensor:
-    ratio = torch.exp(logp_y) / torch.exp(anchor.detach())
-    return -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - eps, 1 + eps) * adv)
-
-
-def _ref_kdrl(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
-    rows = torch.arange(len(y))
-    ps, pt = torch.softmax(s, -1), torch.softmax(t, -1)
-    lps_y, lpt_y = torch.log(ps[rows, y]), torch.log(pt[rows, y])
-    pg = _ppo_clip_naive(lps_y, synthetic_behaviour(s, y), synthetic_advantage(y, s.dtype), obj.params.clip_eps)
-    est = obj.params.kl_estimator
-    if est == "full":
-        kl = _kl_naive(ps, pt)
-    elif est == "k2":
-        kl = 0.5 * (lps_y - lpt_y) ** 2
-    else:
-        kl = torch.exp(lpt_y - lps_y) - (lpt_y - lps_y) - 1
-    return pg + obj.params.kl_coef * kl
-
-
-def _ref_rlad(obj: Objective, s: Tensor, t: Tensor, y: Tensor, sched: dict) -> Tensor:
-    p = obj.params
-    rows = torch.arange(len(y))
-    lps_y = torch.log(torch.softmax(s, -1)[rows, y])
-    pt_y = torch.softmax(t, -1)[rows, y]
-    beh = synthetic_behaviour(s, y)
-    adv = synthetic_advantage(y, s.dtype)
-    anchor = torch.log(p.teacher_mix * pt_y + (1 - p.teacher_mix) * torch.exp(beh))
-    out = p.trrd_coef * _ppo_clip_naive(lps_y, anchor, adv, p.clip_eps)
-    if p.include_grpo_term:
-        out = out + _ppo_clip_naive(lps_y, beh, adv, p.clip_eps)
-    return out
-
-
-REFERENCE_LOSSES: dict[str, Reference] = {
-    "opsd": _ref_opsd,
-    "tip": _ref_tip,
-    "sod": lambda obj, s, t, y, sched: _ref_rkl(obj, s, t, y, sched),
-    "kdrl": _ref_kdrl,
-    "rlad": _ref_rlad,
-    "sft": _ref_ce,
-    "seqkd": _ref_ce,
-    "supervised_kd": _ref_fkl,
-    "onpolicy_fkl": _ref_fkl,
-    "onpolicy_rkl": _ref_rkl,
-    "gkd": _ref_gkd,
-    "skew_kl": _ref_skew_kl,
-    "skew_rkl": _ref_skew_rkl,
-    "tvd": _ref_tvd,
-    "veto": _ref_veto,
-    "onpolicy_pg": _ref_onpolicy_pg,
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -965,14 +756,23 @@ def _resolve(objective: type[Objective] | Objective | str, params: Mapping[str, 
     return cls(params)
 
 
+def _no_reference_argument(reference: Any) -> None:
+    if reference is not None:
+        raise ObjectiveError("assert_conformant/run_conformance no longer take reference=: define the formula as "
+                             "reference_loss(student_logits, teacher_logits, targets, sched, rows) on the objective's "
+                             "class (see objectives/README.md), so every run of the kit checks it")
+
+
 def run_conformance(
     objective: type[Objective] | Objective | str,
     params: Mapping[str, Any] | None = None,
     *,
-    reference: Reference | None = None,
     memory: bool = True,
+    reference: Any = None,
 ) -> list[CheckResult]:
-    """Run every applicable check on ``objective`` (class, registered name or instance)."""
+    """Run every applicable check on ``objective`` (class, registered name or instance): the generic
+    ones, then the objective's own ``conformance_checks()``."""
+    _no_reference_argument(reference)
     obj = _resolve(objective, params)
     if _needs_rows(obj):
         obj = _with_synthetic_rows(obj)
@@ -983,12 +783,12 @@ def run_conformance(
         check_chunked_matches_dense,
         check_accumulation,
         check_bf16,
-        lambda o: check_reference(o, reference),
+        check_reference,
     ]
     if memory:
         checks.append(check_chunked_memory)
     checks.extend(_v2_checks(obj))
-    checks.extend(_extra_checks(obj))
+    checks.extend(obj.conformance_checks())
     with single_threaded():
         return [check(obj) for check in checks]
 
@@ -997,11 +797,12 @@ def assert_conformant(
     objective: type[Objective] | Objective | str,
     params: Mapping[str, Any] | None = None,
     *,
-    reference: Reference | None = None,
     memory: bool = True,
+    reference: Any = None,
 ) -> list[CheckResult]:
     """``run_conformance`` and raise ``AssertionError`` listing every failed check."""
-    results = run_conformance(objective, params, reference=reference, memory=memory)
+    _no_reference_argument(reference)
+    results = run_conformance(objective, params, memory=memory)
     failed = [r for r in results if r.failed]
     if failed:
         raise AssertionError("objective is not conformant:\n" + "\n".join(str(r) for r in failed))

@@ -11,17 +11,24 @@ Mistakes", ICLR 2024; TRL's GKDTrainer for the β convention.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import torch
 from pydantic import Field
 from torch import Tensor
 
+from objectives import conformance as kit
 from objectives import divergences as D
-from objectives._common import student_logp, teacher_logp
+from objectives import reference as R
 from objectives.base import (
     LossChunk,
     Objective,
     ObjectiveParams,
+    RowInfo,
     SequenceSource,
     TeacherSignal,
+    get_objective,
     register_objective,
 )
 
@@ -53,4 +60,54 @@ class GKD(Objective):
         return {0.0: "forward", 1.0: "reverse"}.get(self.params.beta)
 
     def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
-        return D.generalized_jsd(teacher_logp(chunk, self.name), student_logp(chunk), self.params.beta)
+        return D.generalized_jsd(chunk.teacher_logprobs(), chunk.student_logprobs(), self.params.beta)
+
+    def reference_loss(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
+                       sched: dict[str, float], rows: RowInfo) -> Tensor:
+        beta, ps, pt = self.params.beta, R.probs(student_logits), R.probs(teacher_logits)
+        if beta == 0:
+            return R.kl(pt, ps)  # the β → 0 limit: forward KL
+        if beta == 1:
+            return R.kl(ps, pt)  # the β → 1 limit: reverse KL
+        return R.normalized_jsd(pt, ps, beta)
+
+    def conformance_checks(self) -> list[Callable[[Objective], Any]]:
+        return [check_continuity]
+
+
+# -- checks of properties only GKD has (run by objectives.conformance after the generic ones) --------
+def check_continuity(obj: Objective) -> kit.CheckResult:
+    """Normalized JSD is continuous at β = 0 (forward KL) and β = 1 (reverse KL).
+
+    The gap to the endpoint must shrink about linearly as β → endpoint (slope ~ χ²(T, S), which is
+    large for distant distributions, so a fixed tolerance at one β would be meaningless), and be
+    small relative to the value at 1e-6 from the endpoint. The endpoints must be exactly the KLs.
+    """
+    name = "gkd_continuity"
+
+    def run() -> kit.CheckResult:
+        n, v = 12, 41
+        s, t, y = kit.synthetic_case(n, v, 91)
+
+        def at(beta: float) -> Tensor:
+            variant = type(obj)(obj.params.model_copy(update={"beta": beta}))
+            return kit.per_token(variant, {}, s, t, y).detach().double()
+
+        problems = []
+        for end, sign in ((0.0, 1.0), (1.0, -1.0)):
+            ref = at(end)
+            gaps = [float((at(end + sign * eps) - ref).abs().max()) for eps in (1e-3, 1e-4, 1e-5, 1e-6)]
+            shrinking = all(b <= 0.2 * a + 1e-6 for a, b in zip(gaps, gaps[1:]))
+            rel_last = gaps[-1] / max(float(ref.abs().max()), 1e-12)
+            if not shrinking or rel_last > 1e-3:
+                gap_txt = ", ".join(f"{g:.2e}" for g in gaps)
+                problems.append(f"near beta={end}: gaps at distance 1e-3..1e-6 = [{gap_txt}]")
+        fkl = get_objective("onpolicy_fkl")()
+        rkl = get_objective("onpolicy_rkl")()
+        if not torch.equal(at(0.0), kit.per_token(fkl, {}, s, t, y).detach().double()):
+            problems.append("beta=0 is not exactly forward KL")
+        if not torch.equal(at(1.0), kit.per_token(rkl, {}, s, t, y).detach().double()):
+            problems.append("beta=1 is not exactly reverse KL")
+        return kit.outcome(name, problems)
+
+    return kit.guarded(name, run)

@@ -28,11 +28,12 @@ from torch import Tensor
 
 from harness.errors import ObjectiveError
 from objectives import divergences as D
-from objectives._common import student_logp, teacher_logp
+from objectives import reference as R
 from objectives.base import (
     LossChunk,
     Objective,
     ObjectiveParams,
+    RowInfo,
     SequenceSource,
     TeacherSignal,
     register_objective,
@@ -91,15 +92,29 @@ class KDRL(Objective):
 
     def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
         advantage, behaviour = require_rows(chunk, self.name)
-        ls = student_logp(chunk)
+        ls = chunk.student_logprobs()
         ls_y = D.token_logprob(ls, chunk.targets)
         eps = self.params.clip_eps
         pg = clipped_surrogate(ls_y, behaviour, advantage, 1.0 - eps, 1.0 + eps)
         if self.params.kl_estimator == "full":
-            kl = D.reverse_kl(teacher_logp(chunk, self.name), ls)
+            kl = D.reverse_kl(chunk.teacher_logprobs(), ls)
         else:
             if chunk.teacher_target_logprobs is None:
                 raise ObjectiveError(f"objective {self.name!r} needs teacher log-probs of the sampled tokens")
             log_ratio = D.upcast(chunk.teacher_target_logprobs) - ls_y  # log p_T(y) − log p_θ(y)
             kl = 0.5 * log_ratio.square() if self.params.kl_estimator == "k2" else torch.expm1(log_ratio) - log_ratio
+        return pg + self.params.kl_coef * kl
+
+    def reference_loss(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
+                       sched: dict[str, float], rows: RowInfo) -> Tensor:
+        ps, pt = R.probs(student_logits), R.probs(teacher_logits)
+        lps_y, lpt_y = torch.log(R.at_targets(ps, targets)), torch.log(R.at_targets(pt, targets))
+        pg = R.ppo_clip(lps_y, rows.behaviour_logprobs, rows.advantage, self.params.clip_eps)
+        est = self.params.kl_estimator
+        if est == "full":
+            kl = R.kl(ps, pt)
+        elif est == "k2":
+            kl = 0.5 * (lps_y - lpt_y) ** 2
+        else:
+            kl = torch.exp(lpt_y - lps_y) - (lpt_y - lps_y) - 1
         return pg + self.params.kl_coef * kl

@@ -16,15 +16,17 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
+import torch
 from torch import Tensor
 
 from harness.errors import ObjectiveError
 from objectives import divergences as D
-from objectives._common import student_logp, teacher_logp
+from objectives import reference as R
 from objectives.base import (
     LossChunk,
     Objective,
     ObjectiveParams,
+    RowInfo,
     SequenceSource,
     TeacherSignal,
     register_objective,
@@ -57,10 +59,10 @@ class OnPolicyPG(Objective):
         return TeacherSignal.FULL_LOGITS
 
     def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
-        ls = student_logp(chunk)
+        ls = chunk.student_logprobs()
         ls_y = D.token_logprob(ls, chunk.targets)
         if self.params.baseline == "closed_form":
-            lt = teacher_logp(chunk, self.name)
+            lt = chunk.teacher_logprobs()
             lt_y = D.token_logprob(lt, chunk.targets)
             baseline = -D.reverse_kl(lt, ls.detach())
         else:
@@ -70,3 +72,11 @@ class OnPolicyPG(Objective):
             baseline = 0.0
         advantage = (lt_y - ls_y).detach() - baseline
         return -advantage * ls_y
+
+    def reference_loss(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
+                       sched: dict[str, float], rows: RowInfo) -> Tensor:
+        ps, pt = R.probs(student_logits), R.probs(teacher_logits)
+        log_ps_y, log_pt_y = torch.log(R.at_targets(ps, targets)), torch.log(R.at_targets(pt, targets))
+        baseline = -R.kl(ps, pt).detach() if self.params.baseline == "closed_form" else 0.0
+        reward = (log_pt_y - log_ps_y).detach()
+        return -(reward - baseline) * log_ps_y  # REINFORCE: −(r − b)·log p_S(y)

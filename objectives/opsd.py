@@ -23,11 +23,12 @@ from torch import Tensor
 
 from harness.errors import ObjectiveError
 from objectives import divergences as D
-from objectives._common import student_logp, teacher_logp
+from objectives import reference as R
 from objectives.base import (
     LossChunk,
     Objective,
     ObjectiveParams,
+    RowInfo,
     SequenceSource,
     TeacherSignal,
     register_objective,
@@ -82,9 +83,18 @@ class OPSD(Objective):
         return self.params.privileged_template.replace("{prompt}", example.prompt).replace("{solution}", solution)
 
     def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
-        ls, lt = student_logp(chunk), teacher_logp(chunk, self.name)
+        ls, lt = chunk.student_logprobs(), chunk.teacher_logprobs()
         if self.params.divergence == "reverse":
             return D.reverse_kl(lt, ls)
         if self.params.divergence == "forward":
             return D.forward_kl(lt, ls)
         return D.generalized_jsd(lt, ls, self.params.jsd_beta)
+
+    def reference_loss(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
+                       sched: dict[str, float], rows: RowInfo) -> Tensor:
+        ps, pt = R.probs(student_logits), R.probs(teacher_logits)
+        if self.params.divergence == "reverse":
+            return R.kl(ps, pt)
+        if self.params.divergence == "forward":
+            return R.kl(pt, ps)
+        return R.normalized_jsd(pt, ps, self.params.jsd_beta)

@@ -27,11 +27,12 @@ from pydantic import Field
 from torch import Tensor
 
 from objectives import divergences as D
-from objectives._common import student_logp
+from objectives import reference as R
 from objectives.base import (
     LossChunk,
     Objective,
     ObjectiveParams,
+    RowInfo,
     SequenceSource,
     TeacherSignal,
     register_objective,
@@ -84,7 +85,7 @@ class RLAD(Objective):
     def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
         advantage, behaviour = require_rows(chunk, self.name)
         p = self.params
-        ls_y = D.token_logprob(student_logp(chunk), chunk.targets)
+        ls_y = D.token_logprob(chunk.student_logprobs(), chunk.targets)
         behaviour = D.upcast(behaviour).to(ls_y.dtype)
         t_y = D.upcast(chunk.teacher_target_logprobs).to(ls_y.dtype)
         lo, hi = 1.0 - p.clip_eps, 1.0 + p.clip_eps
@@ -92,3 +93,15 @@ class RLAD(Objective):
         if p.include_grpo_term:
             loss = loss + clipped_surrogate(ls_y, behaviour, advantage, lo, hi)
         return loss
+
+    def reference_loss(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
+                       sched: dict[str, float], rows: RowInfo) -> Tensor:
+        p = self.params
+        lps_y = torch.log(R.at_targets(R.probs(student_logits), targets))
+        pt_y = R.at_targets(R.probs(teacher_logits), targets)
+        beh, adv = rows.behaviour_logprobs, rows.advantage
+        anchor = torch.log(p.teacher_mix * pt_y + (1 - p.teacher_mix) * torch.exp(beh))  # log(α·p_T + (1−α)·π_old)
+        out = p.trrd_coef * R.ppo_clip(lps_y, anchor, adv, p.clip_eps)
+        if p.include_grpo_term:
+            out = out + R.ppo_clip(lps_y, beh, adv, p.clip_eps)
+        return out

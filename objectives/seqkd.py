@@ -6,10 +6,11 @@ Reference: Kim & Rush, "Sequence-Level Knowledge Distillation", EMNLP 2016.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from objectives._common import cross_entropy
-from objectives.base import LossChunk, Objective, SequenceSource, TeacherSignal, register_objective
+from objectives import reference as R
+from objectives.base import LossChunk, Objective, RowInfo, SequenceSource, TeacherSignal, register_objective
 
 
 @register_objective
@@ -22,4 +23,8 @@ class SeqKD(Objective):
     teacher_signal = TeacherSignal.NONE
 
     def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
-        return cross_entropy(chunk)
+        return -chunk.student_target_logprobs()
+
+    def reference_loss(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
+                       sched: dict[str, float], rows: RowInfo) -> Tensor:
+        return -torch.log(R.at_targets(R.probs(student_logits), targets))  # −log p_S(y)

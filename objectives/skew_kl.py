@@ -12,11 +12,12 @@ from pydantic import Field
 from torch import Tensor
 
 from objectives import divergences as D
-from objectives._common import student_logp, teacher_logp
+from objectives import reference as R
 from objectives.base import (
     LossChunk,
     Objective,
     ObjectiveParams,
+    RowInfo,
     SequenceSource,
     TeacherSignal,
     register_objective,
@@ -48,4 +49,9 @@ class SkewKL(Objective):
         return "forward" if self.params.alpha <= SKEW_DIRECTION_MAX_ALPHA else None
 
     def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
-        return D.skew_kl(teacher_logp(chunk, self.name), student_logp(chunk), self.params.alpha)
+        return D.skew_kl(chunk.teacher_logprobs(), chunk.student_logprobs(), self.params.alpha)
+
+    def reference_loss(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
+                       sched: dict[str, float], rows: RowInfo) -> Tensor:
+        a, ps, pt = self.params.alpha, R.probs(student_logits), R.probs(teacher_logits)
+        return R.kl(pt, a * pt + (1 - a) * ps)

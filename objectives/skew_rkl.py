@@ -10,8 +10,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from objectives import divergences as D
-from objectives._common import student_logp, teacher_logp
-from objectives.base import LossChunk, Objective, SequenceSource, TeacherSignal, register_objective
+from objectives import reference as R
+from objectives.base import LossChunk, Objective, RowInfo, SequenceSource, TeacherSignal, register_objective
 from objectives.skew_kl import SKEW_DIRECTION_MAX_ALPHA, SkewParams
 
 
@@ -33,4 +33,9 @@ class SkewRKL(Objective):
         return "reverse" if self.params.alpha <= SKEW_DIRECTION_MAX_ALPHA else None
 
     def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
-        return D.skew_rkl(teacher_logp(chunk, self.name), student_logp(chunk), self.params.alpha)
+        return D.skew_rkl(chunk.teacher_logprobs(), chunk.student_logprobs(), self.params.alpha)
+
+    def reference_loss(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
+                       sched: dict[str, float], rows: RowInfo) -> Tensor:
+        a, ps, pt = self.params.alpha, R.probs(student_logits), R.probs(teacher_logits)
+        return R.kl(ps, a * ps + (1 - a) * pt)

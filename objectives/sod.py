@@ -26,12 +26,13 @@ from pydantic import Field
 from torch import Tensor
 
 from objectives import divergences as D
-from objectives._common import student_logp, teacher_logp
 from objectives._rows import grouped_mean, segment_keys
+from objectives import reference as R
 from objectives.base import (
     LossChunk,
     Objective,
     ObjectiveParams,
+    RowInfo,
     SequenceSource,
     TeacherSignal,
     register_objective,
@@ -64,7 +65,7 @@ class SOD(Objective):
         return self.params.step_delimiter
 
     def token_stats(self, chunk: LossChunk, sched: dict[str, float]) -> dict[str, Tensor]:
-        ls, lt = student_logp(chunk).detach(), teacher_logp(chunk, self.name)
+        ls, lt = chunk.student_logprobs().detach(), chunk.teacher_logprobs()
         return {"divergence": D.reverse_kl(lt, ls)}
 
     def row_weights(self, stats: dict[str, Tensor], seq_id: Tensor, segment_id: Tensor) -> Tensor:
@@ -76,4 +77,9 @@ class SOD(Objective):
         return w.clamp_max(p.max_weight).to(torch.float32)
 
     def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
-        return D.reverse_kl(teacher_logp(chunk, self.name), student_logp(chunk))
+        return D.reverse_kl(chunk.teacher_logprobs(), chunk.student_logprobs())
+
+    def reference_loss(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
+                       sched: dict[str, float], rows: RowInfo) -> Tensor:
+        # the step weights are applied by the engine, outside per_token_loss
+        return R.kl(R.probs(student_logits), R.probs(teacher_logits))  # KL(p_S || p_T)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from objectives import divergences as D
-from objectives._common import student_logp, teacher_logp
-from objectives.base import LossChunk, Objective, SequenceSource, TeacherSignal, register_objective
+from objectives import reference as R
+from objectives.base import LossChunk, Objective, RowInfo, SequenceSource, TeacherSignal, register_objective
 
 
 @register_objective
@@ -24,4 +24,8 @@ class SupervisedKD(Objective):
     divergence_direction = "forward"
 
     def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
-        return D.forward_kl(teacher_logp(chunk, self.name), student_logp(chunk))
+        return D.forward_kl(chunk.teacher_logprobs(), chunk.student_logprobs())
+
+    def reference_loss(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
+                       sched: dict[str, float], rows: RowInfo) -> Tensor:
+        return R.kl(R.probs(teacher_logits), R.probs(student_logits))  # KL(p_T || p_S)

@@ -24,12 +24,13 @@ from pydantic import Field
 from torch import Tensor
 
 from objectives import divergences as D
-from objectives._common import student_logp, teacher_logp
 from objectives._rows import grouped_quantile, quantile
+from objectives import reference as R
 from objectives.base import (
     LossChunk,
     Objective,
     ObjectiveParams,
+    RowInfo,
     SequenceSource,
     TeacherSignal,
     register_objective,
@@ -67,7 +68,7 @@ class TIP(Objective):
         return self.params.divergence
 
     def token_stats(self, chunk: LossChunk, sched: dict[str, float]) -> dict[str, Tensor]:
-        ls, lt = student_logp(chunk).detach(), teacher_logp(chunk, self.name)
+        ls, lt = chunk.student_logprobs().detach(), chunk.teacher_logprobs()
         return {"entropy": D.entropy(ls), "divergence": D.reverse_kl(lt, ls)}
 
     def _q(self, values: Tensor, seq_id: Tensor, q: float) -> Tensor:
@@ -85,5 +86,11 @@ class TIP(Objective):
         return keep.to(torch.float32)
 
     def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
-        ls, lt = student_logp(chunk), teacher_logp(chunk, self.name)
+        ls, lt = chunk.student_logprobs(), chunk.teacher_logprobs()
         return D.reverse_kl(lt, ls) if self.params.divergence == "reverse" else D.forward_kl(lt, ls)
+
+    def reference_loss(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
+                       sched: dict[str, float], rows: RowInfo) -> Tensor:
+        # the token selection is a row weight applied by the engine, outside per_token_loss
+        ps, pt = R.probs(student_logits), R.probs(teacher_logits)
+        return R.kl(ps, pt) if self.params.divergence == "reverse" else R.kl(pt, ps)

@@ -17,20 +17,24 @@ arXiv:2601.07155, 2026.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
+from objectives import conformance as kit
 from objectives import divergences as D
-from objectives._common import student_logp, teacher_logp
+from objectives import reference as R
 from objectives.base import (
     LossChunk,
     Objective,
     ObjectiveParams,
+    RowInfo,
     SequenceSource,
     TeacherSignal,
+    get_objective,
     register_objective,
     schedule_progress,
 )
@@ -87,8 +91,72 @@ class Veto(Objective):
 
     def per_token_loss(self, chunk: LossChunk, sched: dict[str, float]) -> Tensor:
         beta = float(sched.get("beta", self.params.beta_start))
-        ls = student_logp(chunk)
-        lq = self.target_logp(teacher_logp(chunk, self.name), ls, beta)
+        ls = chunk.student_logprobs()
+        lq = self.target_logp(chunk.teacher_logprobs(), ls, beta)
         if self.params.direction == "forward":
             return D.kl_divergence(lq, ls)
         return D.kl_divergence(ls, lq)
+
+    def reference_loss(self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
+                       sched: dict[str, float], rows: RowInfo) -> Tensor:
+        beta = sched.get("beta", self.params.beta_start)
+        ps = R.probs(student_logits)
+        q = R.probs(torch.log(R.probs(teacher_logits)) + beta * torch.log(ps).detach())  # q ∝ p_T·p_S^β
+        return R.kl(q, ps) if self.params.direction == "forward" else R.kl(ps, q)
+
+    def conformance_checks(self) -> list[Callable[[Objective], Any]]:
+        return [check_beta0_equals_kl, check_forward_gradient]
+
+
+# -- checks of properties only Veto has (run by objectives.conformance after the generic ones) --------
+def _variant(obj: Objective, **update: Any) -> Objective:
+    return type(obj)(obj.params.model_copy(update=update))
+
+
+def check_beta0_equals_kl(obj: Objective) -> kit.CheckResult:
+    """Veto at β = 0 is exactly onpolicy_fkl (forward) / onpolicy_rkl (reverse): loss and gradient."""
+    name = "veto_beta0_equals_kl"
+
+    def run() -> kit.CheckResult:
+        n, v = 10, 31
+        s0, t, y = kit.synthetic_case(n, v, 71)
+        problems = []
+        for direction, plain_name in (("forward", "onpolicy_fkl"), ("reverse", "onpolicy_rkl")):
+            veto = _variant(obj, direction=direction)
+            plain = get_objective(plain_name)()
+            s1, s2 = s0.clone().requires_grad_(), s0.clone().requires_grad_()
+            a = kit.per_token(veto, {"beta": 0.0}, s1, t, y)
+            b = kit.per_token(plain, {}, s2, t, y)
+            (ga,) = torch.autograd.grad(a.sum(), s1)
+            (gb,) = torch.autograd.grad(b.sum(), s2)
+            if not torch.equal(a, b):
+                problems.append(f"{direction}: loss differs from {plain_name} by {kit.max_diff(a, b):.3g}")
+            if not torch.equal(ga, gb):
+                problems.append(f"{direction}: gradient differs from {plain_name} by {kit.max_diff(ga, gb):.3g}")
+        return kit.outcome(name, problems)
+
+    return kit.guarded(name, run)
+
+
+def check_forward_gradient(obj: Objective) -> kit.CheckResult:
+    """Forward Veto: d(Σ loss)/d(student logits) = p_S − q with q = softmax(log p_T + β log p_S)."""
+    name = "veto_forward_gradient"
+
+    def run() -> kit.CheckResult:
+        veto = _variant(obj, direction="forward")
+        n, v = 10, 31
+        s, t, y = kit.synthetic_case(n, v, 81)
+        s.requires_grad_()
+        problems = []
+        for beta in (0.0, 0.5, 0.8, 1.7):
+            loss = kit.per_token(veto, {"beta": beta}, s, t, y)
+            (g,) = torch.autograd.grad(loss.sum(), s)
+            with torch.no_grad():
+                ls = torch.log_softmax(s.double(), -1)
+                q = torch.softmax(torch.log_softmax(t.double(), -1) + beta * ls, -1)
+                expected = ls.exp() - q
+            if not kit.all_close(g, expected, 1e-5, 1e-6):
+                problems.append(f"beta={beta}: gradient differs from p_S − q by {kit.max_diff(g, expected):.3g}")
+        return kit.outcome(name, problems)
+
+    return kit.guarded(name, run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.errors import ObjectiveError
 from objectives import conformance as C
 from objectives import divergences as D
 from objectives.base import (
@@ -16,6 +17,7 @@ from objectives.base import (
     list_objectives,
 )
 from objectives.conformance import single_threaded
+from objectives.gkd import GKD
 from objectives.veto import Veto
 
 @pytest.fixture(autouse=True)
@@ -35,8 +37,7 @@ def test_registered_objective_is_conformant(name: str) -> None:
     by_name = {r.name: r for r in results}
     assert by_name["chunked_matches_dense"].status == "pass"
     assert by_name["chunked_memory"].status == "pass"
-    if name in C.REFERENCE_LOSSES:
-        assert by_name["reference_gradient"].status == "pass"
+    assert by_name["reference_gradient"].status == "pass"  # every objective carries its reference
     # a task-reward term (kdrl, rlad) moves the student even where it equals the teacher
     if get_objective(name).teacher_signal is not TeacherSignal.NONE and not get_objective(name)().uses_reward():
         assert by_name["zero_at_match"].status == "pass"
@@ -154,6 +155,15 @@ class VetoWithoutStopGrad(Veto):
         return torch.log_softmax(teacher_lp + beta * student_lp, -1)
 
 
+class GKDSwappedBeta(GKD):
+    """The other β convention: β weighs the student in the mixture (M = (1−β)·p_T + β·p_S)."""
+
+    name = "broken_gkd_beta"
+
+    def per_token_loss(self, chunk, sched):
+        return D.generalized_jsd(chunk.teacher_logprobs(), chunk.student_logprobs(), 1.0 - self.params.beta)
+
+
 def _status(results: list[C.CheckResult]) -> dict[str, str]:
     return {r.name: r.status for r in results}
 
@@ -179,15 +189,43 @@ def test_kit_catches_a_bad_source_mix() -> None:
 
 
 def test_kit_catches_a_wrong_gradient_against_the_reference() -> None:
-    result = C.check_reference(WrongDirection(), reference=C.REFERENCE_LOSSES["onpolicy_fkl"])
-    assert result.status == "fail"
-    assert C.check_reference(WrongDirection()).status == "skip"  # no reference known for it
+    result = C.check_reference(WrongDirection(), reference=get_objective("onpolicy_fkl")().reference_loss)
+    assert result.status == "fail" and "differs" in result.detail, result
+
+
+def test_kit_fails_an_objective_without_a_reference_formula() -> None:
+    """No reference is a failure, not a skip: a new objective cannot slip through unchecked."""
+    result = C.check_reference(WrongDirection())
+    assert result.status == "fail" and "declares no reference formula" in result.detail, result
+    with pytest.raises(AssertionError, match="reference_gradient"):
+        C.assert_conformant(WrongDirection, memory=False)
+
+
+def test_reference_argument_is_a_clear_error() -> None:
+    with pytest.raises(ObjectiveError, match="reference_loss"):
+        C.assert_conformant("onpolicy_fkl", reference=lambda *a: None)
+
+
+def test_every_builtin_carries_its_reference_and_its_own_checks() -> None:
+    builtins = [c for c in list_objectives() if c.__module__.startswith("objectives.")]
+    assert len(builtins) >= 16
+    assert all(cls().has_reference() for cls in builtins), [c.name for c in builtins if not c().has_reference()]
+    extra = {r.name for r in C.run_conformance("veto", memory=False)} - {r.name for r in C.run_conformance("tvd", memory=False)}
+    assert extra == {"veto_beta0_equals_kl", "veto_forward_gradient"}
+    assert "gkd_continuity" in {r.name for r in C.run_conformance("gkd", memory=False)}
+
+
+def test_kit_catches_the_other_gkd_beta_convention() -> None:
+    status = _status(C.run_conformance(GKDSwappedBeta, {"beta": 0.2}, memory=False))
+    assert status["reference_gradient"] == "fail"  # GKD's own reference, inherited, keeps TRL's convention
+    assert status["gkd_continuity"] == "fail"  # its β = 0 end is reverse KL, not forward
 
 
 def test_kit_catches_veto_without_stop_gradient() -> None:
     broken = VetoWithoutStopGrad()
-    assert C.check_veto_forward_gradient(broken).status == "fail"
-    assert C.check_reference(broken, reference=C.REFERENCE_LOSSES["veto"]).status == "fail"
+    checks = {check.__name__: check for check in broken.conformance_checks()}  # inherited from Veto
+    assert checks["check_forward_gradient"](broken).status == "fail"
+    assert C.check_reference(broken).status == "fail"  # Veto's own reference keeps the stop-gradient
 
 
 def test_naive_kl_formula_goes_negative_and_the_kit_catches_it() -> None:

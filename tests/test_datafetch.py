@@ -23,7 +23,8 @@ VETO = DATASETS["veto-paper"]
 class _Mirror:
     """Serves files of `root` read-only; honours `Range: bytes=N-` unless `ranges` is False; can corrupt bytes."""
 
-    def __init__(self, root: Path, *, ranges: bool = True, corrupt: bool = False) -> None:
+    def __init__(self, root: Path, *, ranges: bool = True, corrupt: bool = False,
+                 headers: dict[str, str] | None = None, subdir: str = "veto-paper") -> None:
         self.requests: list[dict] = []
         self.bytes_sent = 0
         outer = self
@@ -50,6 +51,8 @@ class _Mirror:
                 else:
                     self.send_response(200)
                 body = data[start:]
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -59,7 +62,7 @@ class _Mirror:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/veto-paper/"
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/{subdir}/"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def __enter__(self) -> "_Mirror":
@@ -154,3 +157,78 @@ def test_hub_fetch_offline_fails_fast_naming_the_alternative(tmp_path, monkeypat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(HubUnavailableError, match="offline mode is set"):
         fetch("gsm8k", tmp_path, log=lambda s: None)
+
+
+# ----------------------------------------------------------------------------- dialogsum: Hub CSV -> local JSONL
+
+def _hub_layout_csv(rows: list[dict]) -> bytes:
+    """knkarthick/dialogsum's layout: columns id, dialogue, summary, topic, one row per reference summary."""
+    import csv
+    import io
+
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=["id", "dialogue", "summary", "topic"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+@pytest.fixture
+def dialogsum_hub_mirror(shared_data_dir, tmp_path):
+    """A directory in the Hub's layout, built from the reference copies: validation 500 rows, test 1,500 rows."""
+    dev = [json.loads(line) for line in (shared_data_dir / "dialogsum/dev.jsonl").read_text().splitlines()]
+    test = [json.loads(line) for line in (shared_data_dir / "dialogsum/test.jsonl").read_text().splitlines()]
+    root = tmp_path / "hub"
+    (root / "dialogsum").mkdir(parents=True)
+    (root / "dialogsum/validation.csv").write_bytes(_hub_layout_csv(
+        [{"id": r["fname"], "dialogue": r["dialogue"], "summary": r["summary"], "topic": r["topic"]} for r in dev]))
+    (root / "dialogsum/test.csv").write_bytes(_hub_layout_csv(
+        [{"id": f"{r['fname']}_{k}", "dialogue": r["dialogue"], "summary": r[f"summary{k}"], "topic": r[f"topic{k}"]}
+         for r in test for k in (1, 2, 3)]))
+    assert len(test) == 500 and (root / "dialogsum/test.csv").read_bytes().count(b"test_499_3") == 1
+    return root
+
+
+def test_dialogsum_fetch_converts_the_hub_csv_to_the_reference_files_and_records_the_commit(
+        shared_data_dir, dialogsum_hub_mirror, tmp_path, capsys):
+    dest = tmp_path / "data"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    with _Mirror(dialogsum_hub_mirror, headers={"X-Repo-Commit": commit}, subdir="dialogsum") as mirror:
+        assert main(["data", "fetch", "dialogsum", "--data-dir", str(dest), "--base-url", mirror.url]) == 0
+        assert sorted(r["path"] for r in mirror.requests) == ["/dialogsum/test.csv", "/dialogsum/validation.csv"]
+        for rel in ("dialogsum/dev.jsonl", "dialogsum/test.jsonl"):
+            assert (dest / rel).read_bytes() == (shared_data_dir / rel).read_bytes()
+        record = json.loads((dest / "dialogsum/SOURCE.json").read_text())
+        assert {f["commit"] for f in record["files"].values()} == {commit}
+        assert record["files"]["dialogsum/test.jsonl"]["source_sha256"] == _sha(dialogsum_hub_mirror / "dialogsum/test.csv")
+        assert not (dest / "dialogsum/.source").exists() or not list((dest / "dialogsum/.source").iterdir())
+        # Verified files present: nothing is requested again.
+        assert fetch("dialogsum", dest, base_url=mirror.url, log=lambda s: None) == {
+            "dialogsum/dev.jsonl": "present", "dialogsum/test.jsonl": "present"}
+        assert len(mirror.requests) == 2
+    # The task reads what was written: 500 test dialogues, each with its three references.
+    from harness.data import get_task, load_examples
+
+    examples = load_examples(get_task("dialogsum"), "eval", source="dialogsum_local", data_dir=dest, limit=None, seed=0)
+    assert len(examples) == 500 and all(len(ex.references) == 3 for ex in examples)
+
+
+def test_dialogsum_source_download_resumes_and_a_changed_source_writes_nothing(dialogsum_hub_mirror, tmp_path):
+    dest = tmp_path / "data"
+    src = dialogsum_hub_mirror / "dialogsum/validation.csv"
+    full = src.read_bytes()
+    part = dest / "dialogsum/.source/validation.csv.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(full[: len(full) // 2])  # an interrupted source download
+    with _Mirror(dialogsum_hub_mirror, subdir="dialogsum") as mirror:
+        out = fetch("dialogsum", dest, base_url=mirror.url, log=lambda s: None)
+        assert out["dialogsum/dev.jsonl"] == "resumed" and out["dialogsum/test.jsonl"] == "downloaded"
+        assert mirror.requests[0] == {"path": "/dialogsum/validation.csv", "range": f"bytes={len(full) // 2}-"}
+    # Upstream edits one summary: the conversion no longer matches the reference hash.
+    fresh = tmp_path / "fresh"
+    src.write_bytes(full.replace(b"breathing", b"breathin", 1))
+    with _Mirror(dialogsum_hub_mirror, subdir="dialogsum") as mirror:
+        with pytest.raises(DataError, match="Nothing was written"):
+            fetch("dialogsum", fresh, base_url=mirror.url, log=lambda s: None)
+    assert not (fresh / "dialogsum/dev.jsonl").exists()
+    assert not (fresh / "dialogsum/.source/validation.csv").exists()  # a rerun downloads it afresh

@@ -30,7 +30,7 @@ def test_paper_suite_end_to_end_offline(tiny_model_dir_factory, shared_data_dir,
                  "train.max_steps=1", "train.max_new_tokens=4", "train.max_prompt_tokens=64",
                  "train.max_response_tokens=8", "train.checkpoint_every=1", "teacher_prep.train.max_steps=1",
                  "teacher_prep.train.max_prompt_tokens=64", "teacher_prep.train.max_response_tokens=8",
-                 "eval.gsm8k.max_new_tokens=4", "eval.gsm8k.lm_eval_num_fewshot=1", "eval.humaneval.max_new_tokens=4",
+                 "eval.gsm8k.max_new_tokens=4", "eval.gsm8k.lm_eval_num_fewshot=1", "eval.gsm8k.lm_eval_max_gen_toks=4", "eval.humaneval.max_new_tokens=4",
                  "eval.dialogsum.max_new_tokens=4", "eval.diagnostics_limit=2", "eval.humaneval.workers=2"]
     for i, task in enumerate(shipped["tasks"]):
         overrides += [f"tasks.{i}.eval_source={local_eval[task['name']]}", f"tasks.{i}.train_limit=4",
@@ -62,6 +62,7 @@ def test_paper_suite_end_to_end_offline(tiny_model_dir_factory, shared_data_dir,
     # The protocols as shipped: lm-eval beside the paper's GSM8K, pass@1/10 from 10 samples, the judge.
     g = next(c for c in cells.values() if c["task"] == "gsm8k" and c["kind"] == "trained")["metrics"]["gsm8k"]
     assert set(g["lm_eval"]) >= {"strict-match", "flexible-extract"} and g["lm_eval"]["data_source"].startswith("local")
+    assert g["lm_eval"]["max_gen_toks"] == 4 and g["lm_eval"]["n"] == 2
     h = next(c for c in cells.values() if c["task"] == "humaneval" and c["kind"] == "trained")["metrics"]["humaneval"]
     assert h["n_samples"] == 10 and "pass@10" in h
     d = next(c for c in cells.values() if c["task"] == "dialogsum" and c["kind"] == "trained")["metrics"]["dialogsum"]
@@ -92,4 +93,6 @@ def test_results_of_an_older_snapshot_stay_comparable():
     changed = copy.deepcopy(current)
     changed["tasks"][0]["teacher"] = {"name": "another/teacher"}
     changed["teacher_prep"] = {"objective": "sft"}
-    assert snapshot_conflicts(older, changed) == ["`teacher_prep` changed", "tasks entry `gsm8k` changed"]
+    problems = snapshot_conflicts(older, changed)
+    assert [p.split(" (")[0] for p in problems] == ["`teacher_prep` changed", "tasks entry `gsm8k` changed"]
+    assert "(teacher_prep: null -> {\"objective\": \"sft\"})" in problems[0]

@@ -10,6 +10,7 @@ through lm-eval's `HFLM` wrapper, so no model is loaded from the Hub.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,29 @@ def lm_eval_gsm8k_task_yaml(
     return str(path)
 
 
+@contextlib.contextmanager
+def _without_env_probe():
+    """simple_evaluate ends with `add_env_info`, which runs torch's collect_env: `pip list` and other
+    subprocesses, about 2 s on every call (once per evaluated cell) for an environment report that
+    nothing here keeps (a run records its environment once, in environment.json). Replaced, for the
+    call only, by the cheap part of that record."""
+    import lm_eval.evaluator as evaluator
+
+    original = evaluator.add_env_info
+
+    def cheap_env_info(storage: dict[str, Any]) -> None:
+        from importlib.metadata import version
+
+        storage.update({"pretty_env_info": "not collected (distill-bench records environment.json)",
+                        "lm_eval_version": version("lm_eval")})
+
+    evaluator.add_env_info = cheap_env_info
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = original
+
+
 def run_lm_eval_gsm8k(
     model: Any,
     tokenizer: Any,
@@ -154,22 +178,24 @@ def run_lm_eval_gsm8k(
         else:
             manager = TaskManager()
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-        results = simple_evaluate(
-            model=lm,
-            tasks=[task_name],
-            task_manager=manager,
-            num_fewshot=num_fewshot,
-            limit=limit,
-            gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
-            apply_chat_template=apply_chat_template,
-            log_samples=log_samples,
-        )
+        with _without_env_probe():
+            results = simple_evaluate(
+                model=lm,
+                tasks=[task_name],
+                task_manager=manager,
+                num_fewshot=num_fewshot,
+                limit=limit,
+                gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
+                apply_chat_template=apply_chat_template,
+                log_samples=log_samples,
+            )
     if results is None:  # non-zero rank under distributed lm-eval
         return {}
     task = results["results"][task_name]
     out: dict[str, Any] = {name: float(task[f"exact_match,{name}"]) for name in FILTERS}
     out["n"] = int(results.get("n-samples", {}).get(task_name, {}).get("effective", task.get("sample_len", 0)))
     out["num_fewshot"] = num_fewshot
+    out["max_gen_toks"] = max_gen_toks  # None: lm-eval's own budget for the task
     out["lm_eval_version"] = version("lm_eval")
     out["data_source"] = "hub: openai/gsm8k (lm-eval's own task)" if source == "hub" else f"local: {data_dir}"
     if log_samples:

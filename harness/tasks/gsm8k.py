@@ -55,4 +55,4 @@ def _lm_eval(ctx: ScoreContext) -> dict[str, Any]:
     kind, gsm_dir = lm_eval_data_source(ctx.task_cfg.eval_source, ctx.data_dir)
     return run_lm_eval_gsm8k(ctx.model, ctx.tokenizer, data_dir=gsm_dir, limit=ctx.task_cfg.eval_limit,
                              batch_size=ctx.eval_cfg.batch_size, num_fewshot=ctx.eval_cfg.gsm8k.lm_eval_num_fewshot,
-                             source=kind)
+                             max_gen_toks=ctx.eval_cfg.gsm8k.lm_eval_max_gen_toks, source=kind)

@@ -32,7 +32,7 @@ from harness.training.schedules import build_scheduler
 from harness.training.sequences import SequenceBuilder, SequenceCounters, TeacherGenerationCache
 from harness.training.telemetry import PeakMemory, TelemetryLog
 from harness.training.trackers import Trackers
-from objectives.base import Objective, SequenceSource, TeacherSignal, build_objective
+from objectives.base import Objective, SequenceSource, TeacherSignal, build_objective, schedule_progress
 from objectives.engine import chunked_loss, dense_loss
 
 SUMMARY_FILENAME = "train_summary.json"
@@ -100,8 +100,8 @@ def pick_source(mix: dict[SequenceSource, float], seed: int, step: int) -> Seque
 
 
 def required_signal(objective: Objective) -> TeacherSignal:
-    fn = getattr(objective, "required_teacher_signal", None)
-    return fn() if callable(fn) else objective.teacher_signal
+    """The teacher signal the objective's loss reads (its ``needs()``, the one declaration)."""
+    return objective.needs().teacher_signal
 
 
 def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int | None = None,
@@ -218,7 +218,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                 step = state.step
                 t0 = time.perf_counter()
                 sched = objective.schedule(step, total_steps)
-                source = pick_source(objective.source_mix(step / max(total_steps - 1, 1)), cfg.seed, step)
+                source = pick_source(objective.source_mix(schedule_progress(step, total_steps)), cfg.seed, step)
 
                 # 1. this process's share of the global batch, as token sequences
                 if source is SequenceSource.STUDENT:  # sample from the current policy

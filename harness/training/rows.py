@@ -239,7 +239,7 @@ def check_objective(objective: Objective, setup: Any, student: torch.nn.Module) 
     n = objective.n_samples()
     if n < 1:
         raise ValueError(f"objective {objective.name!r}: n_samples must be >= 1, got {n}")
-    sources = {src for p in (0.0, 0.5, 1.0) for src, w in objective.source_mix(p).items() if w > 0}
+    sources = set(objective.needs().sources)
     if n > 1 and sources != {SequenceSource.STUDENT}:
         raise ValueError(f"objective {objective.name!r}: n_samples > 1 needs student rollouts as the only source")
     if objective.uses_reward() and setup.reward is None:
