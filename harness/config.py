@@ -205,17 +205,24 @@ class TrainConfig(StrictModel):
     max_nonfinite_in_row: int = Field(5, ge=1)
     cache_teacher_generations: bool = True
     gradient_checkpointing: bool = False
-    sharding: Literal["none", "fsdp"] = Field(
-        "none", description="`fsdp`: shard the trained model's parameters, gradients and AdamW state over the "
+    sharding: Literal["fsdp"] | None = Field(
+        None, description="`fsdp`: shard the trained model's parameters, gradients and AdamW state over the "
                             "processes (torchrun, N >= 2; torch FSDP2) for full fine-tuning that does not fit one "
                             "device, e.g. teacher_prep of a 7B teacher. Objectives without student rollouts only; "
-                            "no mid-run resume checkpoints yet. `none`: one full copy per process (DDP)")
+                            "no mid-run resume checkpoints yet. null (or `none`): one full copy per process (DDP)")
     log_with: list[str] = Field(
         default_factory=list, description="also send telemetry to Accelerate's trackers: tensorboard, wandb, mlflow, ... "
                                           "(telemetry.jsonl is written either way)")
     budget: "TrainBudget | None" = Field(
         None, description="stop every objective when this cost counter reaches the same limit (default: equal "
                           "optimizer steps, hence equal prompts seen, from epochs/max_steps)")
+
+    @field_validator("sharding", mode="before")
+    @classmethod
+    def _none_is_unsharded(cls, v: Any) -> Any:
+        # The default is null rather than "none": results and prepared teachers written before this
+        # setting existed must keep matching their configs (a new key left empty changes nothing).
+        return None if v == "none" else v
 
     @field_validator("log_with")
     @classmethod

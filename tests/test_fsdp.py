@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.config import RunConfig, SuiteConfig, TeacherPrepConfig
+from harness.config import RunConfig, SuiteConfig, TeacherPrepConfig, TrainConfig
 
 
 def _run_cfg(model_dir: Path, data: Path, **train) -> dict:
@@ -112,3 +112,20 @@ def test_two_process_fsdp_trains_the_one_process_weights(tiny_model_dir, tmp_pat
     assert len(rows["p2"]) == 2 and all(r["grad_norm"] > 0.05 for r in rows["p2"]), rows
     for a, b in zip(rows["p1"], rows["p2"]):  # the global norm over DTensor shards is the full gradient's norm
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4) and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_unsharded_default_keeps_older_results_and_prepared_teachers_valid(tmp_path):
+    from harness.suite import snapshot_conflicts
+    from harness.teachers import prep_key
+
+    assert TrainConfig().sharding is None and TrainConfig(sharding="none").sharding is None
+    suite = {"name": "s", "teacher": {"name": "t"}, "student": {"name": "s"}, "tasks": [{"name": "gsm8k"}],
+             "objectives": [{"name": "sft"}], "teacher_prep": {}}
+    cfg = SuiteConfig.model_validate(suite)
+    now = cfg.model_dump(mode="json")
+    before = json.loads(json.dumps(now))  # a snapshot written before `train.sharding` existed
+    del before["train"]["sharding"], before["teacher_prep"]["train"]["sharding"]
+    assert snapshot_conflicts(before, now) == []
+    # How a preparation is spread over processes is not what it trains: same cache key either way.
+    sharded = cfg.model_copy(update={"teacher_prep": TeacherPrepConfig.model_validate({"train": {"sharding": "fsdp"}})})
+    assert prep_key(cfg, cfg.tasks[0], "d", tmp_path) == prep_key(sharded, sharded.tasks[0], "d", tmp_path)
