@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.config import ModelSpec  # noqa: E402
 from harness.data import load_examples, render_chat_prompt  # noqa: E402
-from harness.models import load_model  # noqa: E402
+from harness.modeling import load_model  # noqa: E402
 
 N_LAYERS = 30
 

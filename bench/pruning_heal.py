@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.config import ModelSpec, RunConfig, load_suite_config  # noqa: E402
 from harness.data import get_task, load_examples  # noqa: E402
 from harness.eval_runner import reference_diagnostics  # noqa: E402
-from harness.models import load_model  # noqa: E402
+from harness.modeling import load_model  # noqa: E402
 from harness.data import prompt_renderer  # noqa: E402
 from harness.pipeline import build_setup, load_pair  # noqa: E402
 from harness.training.loop import train  # noqa: E402

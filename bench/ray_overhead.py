@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
-    from harness.models import make_tiny_model
+    from harness.modeling import make_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="ray-overhead-") as tmp_s:
         tmp = Path(tmp_s)

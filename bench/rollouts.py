@@ -47,14 +47,14 @@ def load_model_and_prompts(quick: bool, n_prompts: int, tmp: Path):
     if quick:
         from transformers import AutoModelForCausalLM
 
-        from harness.models import load_tokenizer, make_tiny_model
+        from harness.modeling import load_tokenizer, make_tiny_model
 
         d = make_tiny_model(tmp / "tiny", vocab_size=512, hidden=32, layers=2)
         model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
         tok = load_tokenizer(d)
     else:
         from harness.config import ModelSpec
-        from harness.models import load_model
+        from harness.modeling import load_model
 
         model, tok = load_model(ModelSpec(name="smollm2-135m-instruct"))
     prompts: list[str] = []

@@ -68,7 +68,7 @@ def load_pair(quick: bool, tmp: Path):
     import torch
 
     from harness.config import ModelSpec
-    from harness.models import load_model, load_tokenizer, make_tiny_model
+    from harness.modeling import load_model, load_tokenizer, make_tiny_model
 
     if quick:
         t_dir = make_tiny_model(tmp / "teacher", vocab_size=512, hidden=32, layers=3, seed=0)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.cells import CellSpec
 from harness.errors import ConfigError
 
 PROBE_NAME = ".storage_probe"
@@ -52,10 +53,9 @@ def run_cell_task(spec: CellTaskSpec, cell: dict[str, Any], processes: int,
                   baseline_outputs: dict[str, dict[str, str]] | None) -> dict[str, Any]:
     """Train and evaluate one cell; return {"record", "storage", "files" (return storage only)}."""
     from harness.io import append_jsonl, read_jsonl
-    from harness.suite import Cell
 
     runner, shared = _runner(spec)
-    cell_obj = Cell(**cell)
+    cell_obj = CellSpec(**cell)
     cdir = runner.cell_dir(cell_obj)
     attempts_file = cdir / ATTEMPTS_NAME
     previous = read_jsonl(attempts_file) if attempts_file.exists() else []

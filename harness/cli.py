@@ -244,7 +244,7 @@ def cmd_eval(args) -> int:
 
     from harness.config import EvalConfig, ModelSpec, TaskConfig, apply_overrides, validate
     from harness.errors import ConfigError
-    from harness.models import load_model
+    from harness.modeling import load_model
     from harness.paths import data_dir as resolve_data_dir
     from harness.pipeline import baseline_outputs, baseline_source, evaluate_cell, pick_device
 
@@ -312,21 +312,23 @@ def cmd_eval(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from harness.suite import run_suite_cli
+    from harness.suite import run_suite
 
     if args.address is not None and args.executor != "ray":
         raise ConfigError(f"--address {args.address!r} only applies to --executor ray; add --executor ray or drop --address")
-    if args.executor != "ray":
-        return run_suite_cli(args)
-    from harness.ray_executor import check_ray_available, run_on_ray
+    execute = None
+    if args.executor == "ray":
+        from harness.ray_executor import check_ray_available, run_on_ray
 
-    check_ray_available()  # before the suite is even read
+        check_ray_available()  # before the suite is even read
 
-    def on_ray(runner, cells) -> dict[str, str]:
-        return run_on_ray(runner, cells, address=args.address, plugins=list(args.plugin),
-                          progress=not args.no_progress)["failed"]
+        def execute(runner, cells) -> dict[str, str]:
+            return run_on_ray(runner, cells, address=args.address, plugins=list(args.plugin),
+                              progress=not args.no_progress)["failed"]
 
-    return run_suite_cli(args, execute=on_ray)
+    return run_suite(args.suite, args.overrides, results_dir=args.results_dir, leaderboards_dir=args.leaderboards_dir,
+                     data_dir=args.data_dir, shard=args.shard, dry_run=args.dry_run, progress=not args.no_progress,
+                     execute=execute)
 
 
 def cmd_data(args) -> int:

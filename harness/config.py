@@ -272,79 +272,17 @@ class TrainBudget(StrictModel):
 TrainConfig.model_rebuild()
 
 
-class HumanEvalConfig(StrictModel):
-    n_samples: int = Field(10, ge=1)
-    k: list[int] = [1, 10]
-    temperature: float = Field(0.2, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
-    max_new_tokens: int = Field(768, ge=1)
-    timeout_s: float = Field(10.0, gt=0)
-    workers: int = Field(2, ge=1)
-
-    @model_validator(mode="after")
-    def _k_le_n(self) -> "HumanEvalConfig":
-        bad = [k for k in self.k if k > self.n_samples or k < 1]
-        if bad:
-            raise ValueError(f"pass@k needs 1 <= k <= n_samples ({self.n_samples}); got k={bad}: raise n_samples or drop k")
-        return self
-
-
-class JudgeConfig(StrictModel):
-    kind: Literal["rouge", "hf_model", "openai"] = "rouge"
-    model: ModelSpec | None = None
-    base_url: str | None = None
-    api_model: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    order: Literal["random", "both"] = "random"
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _complete(self) -> "JudgeConfig":
-        if self.kind == "hf_model" and self.model is None:
-            raise ValueError("judge kind `hf_model` needs `model`")
-        if self.kind == "openai" and (not self.base_url or not self.api_model):
-            raise ValueError("judge kind `openai` needs `base_url` and `api_model`")
-        return self
-
-
-class DialogSumConfig(StrictModel):
-    max_new_tokens: int = Field(128, ge=1)
-    baseline: Literal["teacher", "student_init", "references", "model"] = Field(
-        "teacher", description="who writes the summaries the judge compares against: the task's teacher (prepared, "
-                               "when the suite prepares teachers), the un-distilled student, the first reference, "
-                               "or `model` (the explicit `baseline_model`)")
-    baseline_model: "ModelSpec | None" = Field(None, description="the baseline's model when `baseline: model`")
-    judge: JudgeConfig = JudgeConfig()
-
-    @model_validator(mode="after")
-    def _baseline_model(self) -> "DialogSumConfig":
-        if (self.baseline == "model") != (self.baseline_model is not None):
-            raise ValueError("give `baseline_model` exactly when `baseline: model` (an explicit model writes the "
-                             "baseline summaries)")
-        if self.baseline_model is not None and self.baseline_model.derive_from is not None:
-            raise ValueError("`baseline_model` needs a `name` (a model to load), not `derive_from`")
-        return self
-
-
-class GSM8KConfig(StrictModel):
-    max_new_tokens: int = Field(512, ge=1)
-    protocols: list[Literal["paper", "lm_eval"]] = ["paper"]
-    lm_eval_num_fewshot: int = Field(5, ge=0)
-    # None: lm-eval's own budget for its gsm8k task (256 tokens), i.e. its protocol unchanged; a
-    # number caps it (quick runs and tests, where an untrained model never emits a stop sequence).
-    lm_eval_max_gen_toks: int | None = Field(None, ge=1)
-
-
 class EvalConfig(StrictModel):
-    """Evaluation settings shared by every student in a suite."""
+    """Evaluation settings shared by every student in a suite, plus one section per task that
+    declares options (`eval.<task>`, e.g. `eval.gsm8k.max_new_tokens`): the task's YAML names the
+    model of those options (`options: module:Class`), so a task's settings live with the task."""
+
+    model_config = ConfigDict(**{**StrictModel.model_config, "extra": "allow"})  # the task sections; checked below
 
     batch_size: int = Field(8, ge=1)
     backend: Literal["hf", "vllm"] = Field(
         "hf", description="generation for evaluation: `hf` (model.generate) or `vllm` (CUDA only)")
     vllm: VLLMEngineConfig = VLLMEngineConfig()
-    gsm8k: GSM8KConfig = GSM8KConfig()
-    humaneval: HumanEvalConfig = HumanEvalConfig()
-    dialogsum: DialogSumConfig = DialogSumConfig()
     diagnostics: bool = True
     diagnostics_limit: int = Field(32, ge=1, description="held-out prompts for teacher-KL / reference CE")
 
@@ -353,6 +291,41 @@ class EvalConfig(StrictModel):
         if self.backend == "vllm":
             _check_vllm_backend("backend")
         return self
+
+    @model_validator(mode="after")
+    def _task_options(self) -> "EvalConfig":
+        """Every `eval.<task>` section validated by its task's options model. A built-in task with
+        options that the config leaves out gets its defaults, so the snapshot records every value used
+        (as it always has); a plugin task's section is recorded when given, so installing or removing a
+        plugin does not change the snapshot of suites that never mention it."""
+        from harness.data.registry import builtin_task_names, task_names, task_options_model  # late: loads plugins
+
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        models = {name: m for name in task_names() if (m := task_options_model(name)) is not None}
+        unknown = sorted(set(extra) - set(models))
+        if unknown:
+            raise ValueError(f"`eval.{unknown[0]}` is neither an evaluation setting ({', '.join(type(self).model_fields)}) "
+                             f"nor a task with options ({', '.join(models) or 'none'}): fix the key, or install the "
+                             "plugin of the task it names")
+        for name, model in models.items():
+            if name not in extra and name not in builtin_task_names():
+                continue
+            given = extra.get(name, {})
+            if isinstance(given, model):
+                continue
+            if not isinstance(given, dict):
+                raise ValueError(f"`eval.{name}` must be a mapping of {name}'s options ({', '.join(model.model_fields)})")
+            try:
+                extra[name] = model.model_validate(given)
+            except ValidationError as err:
+                raise ValueError("; ".join(".".join(["eval", name, *(str(x) for x in e["loc"])]) + ": "
+                                           + e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
+        self.__pydantic_extra__ = dict(sorted(extra.items(), key=lambda kv: list(models).index(kv[0])))
+        return self
+
+    def task_options(self, task: str) -> Any:
+        """`eval.<task>` as its options model (None for a task that declares no options)."""
+        return (self.__pydantic_extra__ or {}).get(task)
 
 
 class RunConfig(StrictModel):
@@ -469,7 +442,7 @@ class SuiteConfig(StrictModel):
     seeds: list[int] = [0]
     sweeps: list[SweepConfig] = []
     train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
+    eval: EvalConfig = Field(default_factory=EvalConfig)  # a factory: its validator reads the task registry
     baselines: list[Literal["teacher", "student_init"]] = ["teacher", "student_init"]
     data_dir: str | None = None
     allow_head_slice: bool = Field(False, description="see RunConfig.allow_head_slice")

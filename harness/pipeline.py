@@ -44,7 +44,7 @@ def pick_device() -> torch.device:
 def load_pair(teacher_spec: ModelSpec, student_spec: ModelSpec, *, need_teacher: bool = True,
               teacher: torch.nn.Module | None = None, allow_head_slice: bool = False) -> LoadedPair:
     """Load (or reuse) the teacher and load a fresh student; refuse mismatched vocabularies up front."""
-    from harness.models import check_vocab_compat, load_model, resolve_model_dir
+    from harness.modeling import check_vocab_compat, load_model, resolve_model_dir
 
     device = pick_device()
     teacher_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

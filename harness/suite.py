@@ -13,12 +13,12 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+from harness.cells import CellSpec, baseline_cell, trained_cell
 from harness.config import ModelSpec, RunConfig, SuiteConfig, TaskConfig, dump_yaml, load_suite_config
 from harness.errors import ConfigError, LockHeldError, TrainingAborted
 from harness.io import atomic_write_json, atomic_write_text, read_json, remove_temporaries
@@ -27,25 +27,6 @@ from harness.locks import SuiteLocks
 SCHEMA_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_SUITES_DIR = REPO_ROOT / "suites"
-
-
-@dataclass
-class Cell:
-    cell_id: str
-    kind: str  # "trained" | "baseline"
-    task: str
-    objective: str  # objective name, or "teacher" / "student_init" for baselines
-    label: str
-    params: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    sweep: dict[str, Any] = field(default_factory=dict)
-    teacher: str = ""  # the task's teacher tag, set when the suite has per-task or prepared teachers
-
-    def as_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        if not d["teacher"]:
-            del d["teacher"]  # single-teacher suites keep their plan.json as before
-        return d
 
 
 def resolve_suite_path(suite: str) -> Path:
@@ -60,18 +41,15 @@ def resolve_suite_path(suite: str) -> Path:
     raise ConfigError(f"suite {suite!r} is neither a YAML file nor an embedded suite; embedded: {', '.join(known)}")
 
 
-def plan_cells(cfg: SuiteConfig) -> list[Cell]:
+def plan_cells(cfg: SuiteConfig) -> list[CellSpec]:
     """Every cell of the suite in a deterministic order (baselines first: their outputs feed judges)."""
     from harness.teachers import teacher_tag, uses_task_teachers
 
-    cells: list[Cell] = []
+    cells: list[CellSpec] = []
     # With per-task or prepared teachers the teacher is part of what a cell measures: its id names it.
     tags = {t.name: teacher_tag(cfg, t) if uses_task_teachers(cfg) else "" for t in cfg.tasks}
-    prefix = {name: f"{name}__T={tag}" if tag else name for name, tag in tags.items()}
     for task in cfg.tasks:
-        for b in cfg.baselines:
-            cells.append(Cell(f"{prefix[task.name]}__{b}", "baseline", task.name, b,
-                              "Teacher" if b == "teacher" else "Student (init)", teacher=tags[task.name]))
+        cells += [baseline_cell(task.name, b, tags[task.name]) for b in cfg.baselines]
     for task in cfg.tasks:
         for obj in cfg.objectives:
             label = obj.display_name()
@@ -81,14 +59,12 @@ def plan_cells(cfg: SuiteConfig) -> list[Cell]:
                 if sw.objective == label:
                     variants = [{sw.param: v} for v in sw.values]
             for sweep in variants:
-                tag = "".join(f"__{k}={v}" for k, v in sweep.items())
-                for seed in cfg.seeds:
-                    cells.append(Cell(f"{prefix[task.name]}__{label}{tag}__s{seed}", "trained", task.name, obj.name,
-                                      label, {**params, **sweep}, seed, sweep, teacher=tags[task.name]))
+                cells += [trained_cell(task.name, obj.name, label, params, sweep, seed, tags[task.name])
+                          for seed in cfg.seeds]
     return cells
 
 
-def validate_cells(cfg: SuiteConfig, cells: list[Cell], overrides: list[str] = ()) -> None:
+def validate_cells(cfg: SuiteConfig, cells: list[CellSpec], overrides: list[str] = ()) -> None:
     """Resolve every cell's full run configuration before any model is loaded or file written.
 
     A cell's objective parameters are merged from `objectives.N.params`, `task_objective_params`
@@ -116,7 +92,7 @@ def validate_cells(cfg: SuiteConfig, cells: list[Cell], overrides: list[str] = (
                           "written:\n" + "\n".join(shown))
 
 
-def _cell_problems(cfg: SuiteConfig, cell: Cell, err: Exception, overrides: list[str]) -> list[str]:
+def _cell_problems(cfg: SuiteConfig, cell: CellSpec, err: Exception, overrides: list[str]) -> list[str]:
     """`field.path: message` per offending parameter, the path naming where the value was set."""
     import re
 
@@ -134,11 +110,11 @@ def _cell_problems(cfg: SuiteConfig, cell: Cell, err: Exception, overrides: list
     return lines
 
 
-def _objective_index(cfg: SuiteConfig, cell: Cell) -> int:
+def _objective_index(cfg: SuiteConfig, cell: CellSpec) -> int:
     return next(i for i, o in enumerate(cfg.objectives) if o.display_name() == cell.label)
 
 
-def _param_source(cfg: SuiteConfig, cell: Cell, key: str, message: str) -> str:
+def _param_source(cfg: SuiteConfig, cell: CellSpec, key: str, message: str) -> str:
     """Field path of the value `key` got in this cell: a sweep beats per-task params beats the objective's."""
     if key in cell.sweep:
         i = next(i for i, sw in enumerate(cfg.sweeps) if sw.objective == cell.label and sw.param == key)
@@ -159,13 +135,13 @@ def _with_override(path: str, overrides: list[str]) -> str:
     return path
 
 
-def wrote_baseline_summaries(cell: Cell, cfg: SuiteConfig) -> bool:
+def wrote_baseline_summaries(cell: CellSpec, cfg: SuiteConfig) -> bool:
     """Whether `cell` evaluates the model whose outputs are its task's baseline (the teacher cell vs
     DialogSum's `baseline: teacher`): its win rate is 50% by construction, no judge needed."""
     return cell.kind == "baseline" and cell.objective == baseline_source_of(cell.task, cfg.eval)
 
 
-def shard_cells(cells: list[Cell], shard: str | None) -> list[Cell]:
+def shard_cells(cells: list[CellSpec], shard: str | None) -> list[CellSpec]:
     if not shard:
         return cells
     try:
@@ -176,7 +152,7 @@ def shard_cells(cells: list[Cell], shard: str | None) -> list[Cell]:
     return [c for k, c in enumerate(cells) if k % n == i - 1]
 
 
-def estimate_cost(cfg: SuiteConfig, cell: Cell, n_train: int | None) -> dict[str, Any]:
+def estimate_cost(cfg: SuiteConfig, cell: CellSpec, n_train: int | None) -> dict[str, Any]:
     """Upper bounds from the config alone (no model is loaded): steps, prompts, tokens."""
     from harness.training.loop import total_optimizer_steps
 
@@ -197,20 +173,20 @@ def estimate_cost(cfg: SuiteConfig, cell: Cell, n_train: int | None) -> dict[str
     }
 
 
-def longest_first(cfg: SuiteConfig, cells: list[Cell]) -> list[Cell]:
+def longest_first(cfg: SuiteConfig, cells: list[CellSpec]) -> list[CellSpec]:
     """Cells ordered by the plan's cost estimate, most work first (ties keep plan order), so the
     longest cells start early and short ones fill the gaps at the end. Rollout tokens rank first:
     sequential decoding dominates a cell's time; then prompts seen (forward/backward work)."""
     limits = {t.name: t.train_limit for t in cfg.tasks}
 
-    def key(cell: Cell) -> tuple[int, int]:
+    def key(cell: CellSpec) -> tuple[int, int]:
         est = estimate_cost(cfg, cell, limits.get(cell.task))
         return (est["max_rollout_tokens"], est["prompts_seen"])
 
     return sorted(cells, key=key, reverse=True)
 
 
-def print_plan(cfg: SuiteConfig, cells: list[Cell], all_cells: int) -> None:
+def print_plan(cfg: SuiteConfig, cells: list[CellSpec], all_cells: int) -> None:
     limits = {t.name: t.train_limit for t in cfg.tasks}
     print(f"suite {cfg.name}: {len(cells)} of {all_cells} cells; teacher {cfg.teacher.label()}, student {cfg.student.label()}")
     from harness.teachers import base_teacher, uses_task_teachers
@@ -283,13 +259,13 @@ class SuiteRunner:
         self._teacher_tok = None
         self._teacher_key: str | None = None  # which task teacher is in memory (one at a time)
         self._task_teachers: dict[str, Any] = {}
-        self.locks = None  # harness.locks.SuiteLocks while `run_suite_cli` holds the directory
+        self.locks = None  # harness.locks.SuiteLocks while `run_suite` holds the directory
 
     # -- layout ---------------------------------------------------------------------------------
-    def cell_dir(self, cell: Cell) -> Path:
+    def cell_dir(self, cell: CellSpec) -> Path:
         return self.results_dir / "cells" / cell.cell_id
 
-    def is_done(self, cell: Cell) -> bool:
+    def is_done(self, cell: CellSpec) -> bool:
         """cell.json says "done". An unreadable cell.json (torn, garbage, not UTF-8) counts as not
         done, with a warning: the cell is redone rather than crashing the run or trusting it."""
         f = self.cell_dir(cell) / "cell.json"
@@ -302,7 +278,7 @@ class SuiteRunner:
             return False
         return isinstance(data, dict) and data.get("status") == "done"
 
-    def write_snapshot(self, cells: list[Cell]) -> None:
+    def write_snapshot(self, cells: list[CellSpec]) -> None:
         """Write suite.yaml (the config these results come from), refusing a config that would mix
         incomparable results: growing the matrix (seeds, objectives, tasks, sweep values, baselines)
         is fine, changing anything a finished cell depends on is not. Earlier snapshots are kept."""
@@ -348,7 +324,7 @@ class SuiteRunner:
         if self._teacher is None or self._teacher_key != key:
             import torch
 
-            from harness.models import load_model
+            from harness.modeling import load_model
             from harness.pipeline import pick_device
 
             self._teacher = self._teacher_tok = None  # free the previous task's teacher before loading
@@ -372,7 +348,7 @@ class SuiteRunner:
         return f"{which}: {spec.name or spec.model_dump(mode='json', exclude_none=True)}"
 
     # -- cells ------------------------------------------------------------------------------------
-    def run(self, cells: list[Cell]) -> dict[str, str]:
+    def run(self, cells: list[CellSpec]) -> dict[str, str]:
         """Run the unfinished cells here, one at a time; returns {cell_id: error} of those whose
         training aborted (recorded with status "failed"; the others continue)."""
         from tqdm.auto import tqdm
@@ -415,15 +391,13 @@ class SuiteRunner:
                     lock.release()
         return failed
 
-    def _record_failure(self, cell: Cell, err: Exception) -> None:
+    def _record_failure(self, cell: CellSpec, err: Exception) -> None:
         """A cell whose training aborted is "failed", not "done": recorded (as the Ray executor
         records its failures) so the report lists it with the error and the next run retries it."""
         self.commit_cell(cell, {
-            "schema_version": SCHEMA_VERSION, "cell_id": cell.cell_id, "kind": cell.kind, "objective": cell.objective,
-            "label": cell.label, "objective_params": cell.params, "task": cell.task, "seed": cell.seed,
-            "sweep": cell.sweep, "status": "failed", "error": str(err)})
+            "schema_version": SCHEMA_VERSION, **cell.record(), "status": "failed", "error": str(err)})
 
-    def _tidy_finished(self, cell: Cell) -> None:
+    def _tidy_finished(self, cell: CellSpec) -> None:
         """Delete what a kill right after a cell finished left behind (its resume checkpoints, temp
         dirs and files of interrupted writes); the cell's results are not touched."""
         lock = self.locks.cell_lock(cell.cell_id) if self.locks is not None else None
@@ -438,7 +412,7 @@ class SuiteRunner:
             if lock is not None:
                 lock.release()
 
-    def run_cell(self, cell: Cell) -> dict[str, Any]:
+    def run_cell(self, cell: CellSpec) -> dict[str, Any]:
         """Compute one cell and commit its result (the local executor; Ray commits on the driver)."""
         record = self.compute_cell(cell)
         if self.dist.is_main:  # one writer under torchrun
@@ -446,14 +420,14 @@ class SuiteRunner:
         self.dist.barrier()
         return record
 
-    def compute_cell(self, cell: Cell, *, baseline_outputs: dict[str, dict[str, str]] | None = None,
+    def compute_cell(self, cell: CellSpec, *, baseline_outputs: dict[str, dict[str, str]] | None = None,
                      processes: int = 1) -> dict[str, Any]:
         """Train (unless a baseline) and evaluate one cell into its directory; return the record for
         cell.json without writing it. `baseline_outputs` ({task: {example id: text}}) are the baseline
         outputs when the caller already has them; `processes` > 1 trains data-parallel in that many child processes."""
         import torch
 
-        from harness.models import load_model
+        from harness.modeling import load_model
         from harness.paths import data_dir as resolve_data_dir
         from harness.pipeline import evaluate_cell, pick_device, run_training
 
@@ -504,9 +478,7 @@ class SuiteRunner:
         eval_wall = time.perf_counter() - t_eval
         telemetry = cdir / "train" / "telemetry.jsonl"
         record = {
-            "schema_version": SCHEMA_VERSION, "cell_id": cell.cell_id, "kind": cell.kind, "objective": cell.objective,
-            "label": cell.label, "objective_params": cell.params, "task": cell.task, "seed": cell.seed,
-            "sweep": cell.sweep, "status": "done",
+            "schema_version": SCHEMA_VERSION, **cell.record(), "status": "done",
             "cost": {
                 "prompts_seen": train_summary.get("prompts_seen", 0),
                 "optimizer_steps": train_summary.get("optimizer_steps", 0),
@@ -539,7 +511,7 @@ class SuiteRunner:
             shutil.copyfile(telemetry, cdir / "telemetry.jsonl")
         return record
 
-    def commit_cell(self, cell: Cell, record: dict[str, Any]) -> None:
+    def commit_cell(self, cell: CellSpec, record: dict[str, Any]) -> None:
         """The cell's commit point: cell.json written atomically, once, after every other file."""
         cdir = self.cell_dir(cell)
         atomic_write_json(cdir / "cell.json", record)
@@ -583,7 +555,7 @@ class SuiteRunner:
         """Generate the task's baseline outputs (example id -> text); no file is written."""
         import torch
 
-        from harness.models import load_model
+        from harness.modeling import load_model
         from harness.paths import data_dir as resolve_data_dir
         from harness.pipeline import baseline_outputs, pick_device
 
@@ -623,14 +595,16 @@ def snapshot_conflicts(previous: dict[str, Any], current: dict[str, Any]) -> lis
 
     Every shared setting (models, training, evaluation, data) must be equal; a task or objective
     present in both must be configured identically, as must per-task parameters they share.
+    `previous` is first read through today's config model, so a setting added since those results
+    were written counts at its default: only values that differ count as changes.
     """
-    previous, current = _without_new_empty_keys(previous, current)
+    previous, current = _as_current_config(previous, current)
     problems = []
     for key in sorted(set(previous) | set(current)):
         if key in _MATRIX_FIELDS or key in _COSMETIC_FIELDS:
             continue
         if previous.get(key) != current.get(key):
-            problems.append(f"`{key}` changed")
+            problems.append(f"`{key}` changed ({_differences(previous.get(key), current.get(key), key)})")
 
     def by(entries: list[dict], name_key: str) -> dict[str, dict]:
         return {e.get("label") or e.get(name_key): e for e in entries or []}
@@ -674,9 +648,19 @@ def _damaged_snapshot(path: Path, why: str) -> str:
             "when the config ever changed), or, if the results were made with exactly this config, delete it and rerun")
 
 
+def _as_current_config(previous: dict[str, Any], current: dict[str, Any]) -> tuple[Any, Any]:
+    """`previous` as today's SuiteConfig reads it (defaults filled for settings it predates).
+
+    A snapshot today's model cannot validate (an objective or task plugin no longer installed, a
+    setting since removed) is compared as written, less the settings it lacks whose current value
+    is empty (None or []): those are options added since, left off, and change none of its results."""
+    try:
+        return SuiteConfig.model_validate(previous).model_dump(mode="json"), current
+    except Exception:  # noqa: BLE001 - pydantic's ValidationError, a plugin's own check: compare as written
+        return _without_new_empty_keys(previous, current)
+
+
 def _without_new_empty_keys(previous: Any, current: Any) -> tuple[Any, Any]:
-    """Drop settings the older snapshot lacks when the current value is empty (None or []): an option
-    added since those results were written, left at its "off" default, changes none of them."""
     if isinstance(previous, dict) and isinstance(current, dict):
         cur = {k: v for k, v in current.items() if k in previous or v not in (None, [])}
         pairs = {k: _without_new_empty_keys(previous.get(k), v) for k, v in cur.items()}
@@ -686,6 +670,23 @@ def _without_new_empty_keys(previous: Any, current: Any) -> tuple[Any, Any]:
         pairs = [_without_new_empty_keys(a, b) for a, b in zip(previous, current)]
         return [a for a, _ in pairs], [b for _, b in pairs]
     return previous, current
+
+
+def _differences(old: Any, new: Any, path: str, limit: int = 3) -> str:
+    """`path.to.field: old -> new` for the first `limit` differing settings, so the refusal names them."""
+    found: list[str] = []
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if len(found) >= limit or a == b:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b), key=str):
+                walk(a.get(k), b.get(k), f"{where}.{k}")
+        else:
+            found.append(f"{where}: {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}")
+
+    walk(old, new, path)
+    return "; ".join(found)
 
 
 def stability_summary(telemetry_path: Path) -> dict[str, Any]:
@@ -699,18 +700,20 @@ def stability_summary(telemetry_path: Path) -> dict[str, Any]:
             "nonfinite_steps": sum(1 for r in rows if r.get("nonfinite")), "steps": len(rows)}
 
 
-def run_suite_cli(args, execute: Callable[["SuiteRunner", list[Cell]], dict[str, str]] | None = None) -> int:
-    """`distill-bench run [SUITE] [overrides] [--dry-run] [--shard i/n]`. `execute(runner, cells)`
-    runs the cells elsewhere (the Ray executor) and returns {cell_id: error} of failed ones;
-    default: `runner.run(cells)` here."""
+def run_suite(suite: str, overrides: list[str], *, results_dir: str, leaderboards_dir: str, data_dir: str | None = None,
+              shard: str | None = None, dry_run: bool = False, progress: bool = True,
+              execute: Callable[["SuiteRunner", list[CellSpec]], dict[str, str]] | None = None) -> int:
+    """Run a suite (what `distill-bench run` does; harness/cli.py turns its arguments into these).
+    `execute(runner, cells)` runs the cells elsewhere (the Ray executor) and returns {cell_id: error}
+    of failed ones; default: `runner.run(cells)` here. Returns the exit status."""
     from harness.paths import data_dir as resolve_data_dir
     from harness.preflight import require_ready
 
-    path = resolve_suite_path(args.suite)
-    cfg = load_suite_config(path, args.overrides)
+    path = resolve_suite_path(suite)
+    cfg = load_suite_config(path, list(overrides))
     all_cells = plan_cells(cfg)
-    cells = shard_cells(all_cells, args.shard)
-    validate_cells(cfg, all_cells, args.overrides)  # every cell, not only this shard's: before any work
+    cells = shard_cells(all_cells, shard)
+    validate_cells(cfg, all_cells, list(overrides))  # every cell, not only this shard's: before any work
     t0 = time.perf_counter()
     from harness.training.distributed import init_distributed
 
@@ -718,14 +721,14 @@ def run_suite_cli(args, execute: Callable[["SuiteRunner", list[Cell]], dict[str,
     if execute is not None and dist.world_size > 1:
         raise ConfigError("--executor ray under torchrun: launch the driver as one process; Ray places the cells "
                           "(a cell's data-parallel processes come from its `processes`/GPU request)")
-    runner = SuiteRunner(cfg, Path(args.results_dir), data_dir=args.data_dir, progress=not args.no_progress, dist=dist)
-    if args.dry_run:
+    runner = SuiteRunner(cfg, Path(results_dir), data_dir=data_dir, progress=progress, dist=dist)
+    if dry_run:
         print_plan(cfg, cells, len(all_cells))
     # Before any model is loaded: every missing prerequisite at once (exit 2), not one per failed cell hours in.
     # Under another executor the cells run on its nodes, whose devices this machine cannot see.
     require_ready(cfg, cells, data_dir=resolve_data_dir(runner.data_dir), results_dir=runner.results_dir,
                   done=runner.is_done, check_devices=execute is None)
-    if args.dry_run:
+    if dry_run:
         print("preflight: every prerequisite is in place")
         return 0
     from harness.report import build_report
@@ -734,10 +737,10 @@ def run_suite_cli(args, execute: Callable[["SuiteRunner", list[Cell]], dict[str,
 
     # One writer per results dir (per shard): a second run exits 2 at once naming the holder. Under
     # torchrun rank 0 is that writer (locks, snapshot, cell.json, report); the other ranks train with it.
-    with (SuiteLocks(runner.results_dir, args.shard) if dist.is_main else contextlib.nullcontext()) as locks:
+    with (SuiteLocks(runner.results_dir, shard) if dist.is_main else contextlib.nullcontext()) as locks:
         runner.locks = locks
         if dist.is_main:
-            if not args.shard:  # sole writer: temporaries at the top level are orphans of a killed run
+            if not shard:  # sole writer: temporaries at the top level are orphans of a killed run
                 remove_temporaries(runner.results_dir, recursive=False)
             runner.write_snapshot(cells)
         dist.barrier()
@@ -748,7 +751,7 @@ def run_suite_cli(args, execute: Callable[["SuiteRunner", list[Cell]], dict[str,
         if not dist.is_main:
             return 0
         # Written once, by this process, after every cell has finished or failed.
-        files = build_report(runner.results_dir, Path(args.leaderboards_dir), name=cfg.name)
+        files = build_report(runner.results_dir, Path(leaderboards_dir), name=cfg.name)
     print(f"suite {cfg.name}: {len(cells)} cells in {time.perf_counter() - t0:.0f}s; results in {runner.results_dir}")
     print(files.describe())
     if failed:

@@ -134,7 +134,7 @@ def task_teacher(cfg: SuiteConfig, task: TaskConfig, data_dir: Path | None, *, p
     base = base_teacher(cfg, task)
     if cfg.teacher_prep is None:
         return TaskTeacher(base, base, {"model": base.model_dump(mode="json", exclude_none=True), "prepared": None})
-    from harness.models import resolve_model_dir
+    from harness.modeling import resolve_model_dir
 
     prep = cfg.teacher_prep
     base_dir = resolve_model_dir(base)

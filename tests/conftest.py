@@ -18,12 +18,12 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_model_dir_factory(tmp_path_factory) -> Callable[..., Path]:
-    """`factory(**kwargs) -> Path`: a tiny random Llama + ChatML tokenizer (harness.models.make_tiny_model).
+    """`factory(**kwargs) -> Path`: a tiny random Llama + ChatML tokenizer (harness.modeling.make_tiny_model).
 
     Directories are cached per keyword set for the whole session, so treat them as read-only;
     copy one (shutil.copytree) before changing files in it.
     """
-    from harness.models import make_tiny_model
+    from harness.modeling import make_tiny_model
 
     made: dict[tuple[tuple[str, Any], ...], Path] = {}
 
@@ -53,7 +53,7 @@ def smollm2_dir() -> Path:
         if os.environ.get("DISTILL_BENCH_REQUIRE_SMOLLM2") == "1":  # CI: `make setup` installs it
             pytest.fail(message)
         pytest.skip(message)
-    from harness.models import resolve_name
+    from harness.modeling import resolve_name
 
     return resolve_name("smollm2-135m-instruct")
 

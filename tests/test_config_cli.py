@@ -131,6 +131,31 @@ def test_dry_run_shard_selects_a_disjoint_subset(capsys):
     assert main(["run", "smoke", "--dry-run", "--shard", "3/2"]) == 2
 
 
+def test_results_written_before_a_new_setting_resume(tmp_path):
+    """A snapshot that predates a setting with a non-empty default (train.checkpoint_every_s) is read
+    with that default filled in: resuming at the default is allowed, a different value is refused,
+    naming the field and both values."""
+    from harness.config import TrainConfig
+    from harness.suite import SuiteRunner, plan_cells
+
+    default = TrainConfig.model_fields["checkpoint_every_s"].default
+    assert default not in (None, [])  # the case the older rule (drop new *empty* keys) got wrong
+    cfg = _smoke_cfg()
+    cfg.train.checkpoint_every_s = default
+    older = cfg.model_dump(mode="json")
+    del older["train"]["checkpoint_every_s"]
+    (tmp_path / "smoke").mkdir()
+    (tmp_path / "smoke" / "suite.yaml").write_text(yaml.safe_dump(older, sort_keys=False))
+    SuiteRunner(cfg, tmp_path).write_snapshot(plan_cells(cfg))  # same results: resumes
+    assert yaml.safe_load((tmp_path / "smoke" / "suite.yaml").read_text())["train"]["checkpoint_every_s"] == default
+
+    (tmp_path / "smoke" / "suite.yaml").write_text(yaml.safe_dump(older, sort_keys=False))
+    changed = _smoke_cfg()
+    changed.train.checkpoint_every_s = default / 2
+    with pytest.raises(ConfigError, match=rf"`train` changed \(train.checkpoint_every_s: {default} -> {default / 2}\)"):
+        SuiteRunner(changed, tmp_path).write_snapshot(plan_cells(changed))
+
+
 def _smoke_cfg(**changes):
     """The packaged smoke suite with top-level fields replaced."""
     from harness.config import SuiteConfig

@@ -13,7 +13,7 @@ from harness import hub
 from harness.data import Example, get_task, load_examples, normalize_number, render_chat_prompt, task_names
 from harness.data import examples as examples_mod
 from harness.errors import ConfigError, DataError, HubUnavailableError
-from harness.models import load_tokenizer
+from harness.modeling import load_tokenizer
 
 QUESTIONS = [
     ("Tom has 3 apples and buys 4 more. How many apples?", "3 + 4 = <<3+4=7>>7\n#### 7"),

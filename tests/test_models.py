@@ -15,7 +15,7 @@ import torch
 from harness import hub
 from harness.config import ModelSpec
 from harness.errors import ConfigError, HubUnavailableError, VocabMismatchError
-from harness.models import (
+from harness.modeling import (
     check_vocab_compat,
     load_model,
     load_tokenizer,

@@ -10,7 +10,7 @@ import torch
 
 from harness.config import ModelSpec
 from harness.data import render_chat_prompt
-from harness.models import derive_pruned, load_model, load_tokenizer
+from harness.modeling import derive_pruned, load_model, load_tokenizer
 from harness.modeling.loading import SMOLLM2_PACKAGE_FILE, resolve_package_file
 from harness.modeling.publish import read_provenance
 

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from harness.config import ModelSpec
 from harness.errors import ConfigError
-from harness.models import (
+from harness.modeling import (
     derive_pruned,
     load_model,
     load_tokenizer,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from harness.config import SuiteConfig
-from harness.suite import Cell, estimate_cost
+from harness.cells import CellSpec
+from harness.suite import estimate_cost
 from objectives import conformance as C
 from objectives.base import (
     Objective,
@@ -78,7 +79,7 @@ def test_cost_estimate_counts_the_late_teacher_rollouts() -> None:
             "name": "u", "teacher": {"name": "some/model"}, "student": {"derive_from": "teacher", "keep_layers": [0, 1]},
             "tasks": [{"name": "gsm8k", "train_limit": 44}], "objectives": [{"name": SwitchAt07.name}],
             "train": {"batch_size": 4, "micro_batch_size": 2, "max_new_tokens": 10}})
-        cell = Cell(cell_id="c", kind="trained", task="gsm8k", objective=SwitchAt07.name, label="switch")
+        cell = CellSpec(cell_id="c", kind="trained", task="gsm8k", objective=SwitchAt07.name, label="switch")
         est = estimate_cost(cfg, cell, 44)
         steps = est["optimizer_steps"]
         teacher_steps = sum(1 for k in range(steps) if k / max(steps - 1, 1) >= 0.7)

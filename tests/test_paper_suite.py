@@ -93,4 +93,6 @@ def test_results_of_an_older_snapshot_stay_comparable():
     changed = copy.deepcopy(current)
     changed["tasks"][0]["teacher"] = {"name": "another/teacher"}
     changed["teacher_prep"] = {"objective": "sft"}
-    assert snapshot_conflicts(older, changed) == ["`teacher_prep` changed", "tasks entry `gsm8k` changed"]
+    problems = snapshot_conflicts(older, changed)
+    assert [p.split(" (")[0] for p in problems] == ["`teacher_prep` changed", "tasks entry `gsm8k` changed"]
+    assert "(teacher_prep: null -> {\"objective\": \"sft\"})" in problems[0]

@@ -13,7 +13,8 @@ from harness.cell_task import PROBE_NAME, CellTaskSpec, pack_cell_files, storage
 from harness.cli import main
 from harness.config import CellResources, SuiteConfig, load_suite_config
 from harness.errors import ConfigError
-from harness.suite import Cell, SuiteRunner, longest_first, plan_cells, snapshot_conflicts
+from harness.cells import CellSpec
+from harness.suite import SuiteRunner, longest_first, plan_cells, snapshot_conflicts
 
 
 def _suite_dict(model: str = "some/model") -> dict:
@@ -140,7 +141,7 @@ def test_driver_commit_writes_files_then_one_cell_json(tmp_path):
     assert runner.is_done(cell)
     for bad in ("../other/cell.json", "cell.json", "/etc/passwd"):
         with pytest.raises(ValueError, match="outside its directory"):
-            commit_result(runner, Cell("x", "trained", "gsm8k", "sft", "sft"), {"record": record, "files": {bad: b""}})
+            commit_result(runner, CellSpec("x", "trained", "gsm8k", "sft", "sft"), {"record": record, "files": {bad: b""}})
 
 
 def test_train_data_parallel_two_cpu_processes(tiny_model_dir, tmp_path):

@@ -36,7 +36,7 @@ def fake_rank_on_gpu_1(monkeypatch):
 
 def test_models_load_onto_the_rank_device_after_the_process_group(fake_rank_on_gpu_1, monkeypatch, tiny_model_dir):
     """`run_training` initializes distribution before loading, and both models go to cuda:1."""
-    import harness.models
+    import harness.modeling
     from harness import pipeline as runner
 
     loads = []
@@ -48,7 +48,7 @@ def test_models_load_onto_the_rank_device_after_the_process_group(fake_rank_on_g
         loads.append((device, D._CONTEXT is not None))
         raise Stop
 
-    monkeypatch.setattr(harness.models, "load_model", fake_load_model)
+    monkeypatch.setattr(harness.modeling, "load_model", fake_load_model)
     cfg = run_config(tiny_model_dir, "supervised_kd")
     with pytest.raises(Stop):
         runner.run_training(cfg, tiny_model_dir / "unused", progress=False)

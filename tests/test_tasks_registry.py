@@ -52,6 +52,27 @@ def test_generation_is_the_yaml_overridden_by_the_eval_config():
     assert baseline_source(get_task("dialogsum"), refs) == "references"
 
 
+def test_eval_sections_are_the_tasks_own_options():
+    """`eval.<task>` is validated by the options model the task's YAML names; a bad value or an unknown
+    section is refused naming the field path, before any work; the protocol hash does not see `options:`."""
+    from harness.config import validate
+    from harness.data.registry import task_options_model
+    from harness.tasks.options import GSM8KOptions
+
+    assert task_options_model("gsm8k") is GSM8KOptions and "options" not in get_task("gsm8k").model_dump()
+    cfg = EvalConfig.model_validate({"gsm8k": {"protocols": ["paper", "lm_eval"]}})
+    assert isinstance(cfg.task_options("gsm8k"), GSM8KOptions) and cfg.gsm8k.protocols == ["paper", "lm_eval"]
+    assert cfg.humaneval.n_samples == 10  # a task left out gets its defaults, recorded in the snapshot
+    assert set(cfg.model_dump()) >= {"gsm8k", "humaneval", "dialogsum", "batch_size"}
+    with pytest.raises(ConfigError, match=r"eval\.gsm8k\.max_new_tokens: Input should be greater than or equal to 1"):
+        validate(EvalConfig, {"gsm8k": {"max_new_tokens": 0}}, "s.yaml")
+    with pytest.raises(ConfigError, match=r"eval\.humaneval\.extra_key: Extra inputs are not permitted"):
+        validate(EvalConfig, {"humaneval": {"extra_key": 1}}, "s.yaml")
+    with pytest.raises(ConfigError, match=r"`eval\.gsm9k` is neither an evaluation setting .* nor a task with "
+                                          r"options \(dialogsum, gsm8k, humaneval"):
+        validate(EvalConfig, {"gsm9k": {}}, "s.yaml")
+
+
 def test_protocol_is_serialized_from_the_definition_and_changes_with_it(tmp_path):
     task = get_task("gsm8k")
     params = GenerationParams(max_new_tokens=8, stop=tuple(task.stop))
@@ -74,6 +95,23 @@ def test_plugin_yaml_registers_and_config_accepts_it(tmp_path, scratch_registry)
     assert TaskConfig(name="gsm8k_copy").name == "gsm8k_copy"
     row = next(r for r in describe_tasks() if r["name"] == "gsm8k_copy")
     assert row["origin"].endswith("gsm8k_copy.yaml")
+
+
+def test_a_plugin_task_brings_its_own_eval_options(tmp_path, scratch_registry):
+    """A plugin's `options:` model checks `eval.<its name>`; a suite that never mentions the plugin
+    records no section for it (installing a plugin does not change other suites' snapshots)."""
+    from harness.config import validate
+
+    load_task_file(_task_yaml(tmp_path))  # a copy of gsm8k.yaml: options harness.tasks.options:GSM8KOptions
+    assert "gsm8k_copy" not in EvalConfig().model_dump()
+    assert EvalConfig.model_validate({"gsm8k_copy": {"max_new_tokens": 9}}).gsm8k_copy.max_new_tokens == 9
+    with pytest.raises(ConfigError, match=r"eval\.gsm8k_copy\.protocols\.0: Input should be 'paper' or 'lm_eval'"):
+        validate(EvalConfig, {"gsm8k_copy": {"protocols": ["nope"]}}, "s.yaml")
+    raw = yaml.safe_load((REPO / "harness/tasks/gsm8k.yaml").read_text())
+    (tmp_path / "no_opts.yaml").write_text(yaml.safe_dump({**raw, "name": "no_opts", "options": "harness.tasks.options:Missing"}))
+    load_task_file(tmp_path / "no_opts.yaml")
+    with pytest.raises(ConfigError, match=r"task 'no_opts': options 'harness.tasks.options:Missing' cannot be loaded"):
+        EvalConfig()
 
 
 def test_bad_plugin_tasks_are_refused_with_the_field(tmp_path, scratch_registry):

@@ -128,6 +128,22 @@ def get_task(name: str | os.PathLike) -> TaskDef:
     return hit[0]
 
 
+def task_options_model(name: str) -> type | None:
+    """The pydantic model of a task's `eval.<task>` settings (its YAML's `options: module:Class`), or None."""
+    import importlib
+
+    task = get_task(name)
+    if task.options is None:
+        return None
+    module, _, attr = task.options.partition(":")
+    try:
+        model = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"task {name!r}: options {task.options!r} cannot be loaded ({exc}); set `options:` in the "
+                          "task YAML to `module:Class` of an importable pydantic model, or remove it") from None
+    return model
+
+
 def task_origin(name: str) -> str:
     if name in builtin_task_names():
         return "built-in"

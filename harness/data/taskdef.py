@@ -147,6 +147,10 @@ class TaskDef(_Strict):
         None, description="like a source's group_by, for `file:<path>` inputs (whose row layout is unknown)"
     )
     scorer: str = Field(..., description="importable module that scores the outputs (harness.tasks.<name> for built-ins)")
+    # Excluded from dumps: the recorded protocol (a hash of the definition) carries the option values
+    # that ran (decoding, protocols), not where their model lives; results before this field stay comparable.
+    options: str | None = Field(None, exclude=True, pattern=r"^[\w.]+:\w+$", description=(
+        "`module:Class` of a pydantic model: the task's evaluation settings, set as `eval.<task>` in a suite"))
     needs: TaskNeeds = TaskNeeds()
     metrics: list[MetricDecl] = Field(default_factory=list, description="headline metrics shown in the leaderboard")
     sources: dict[str, SourceDef] = Field(..., min_length=1)

@@ -7,7 +7,7 @@ import base64
 import html
 import re
 
-from harness.report.sections import Document, Section, Table, TCell
+from harness.report.sections import Document, Entry, Section, Table
 
 CSS = """
 :root { --fg: #1d2330; --muted: #5b6475; --line: #d9dde5; --head: #eef1f6; --best: #e3f4e6; --warn: #fff4d6; }
@@ -57,7 +57,7 @@ def inline(text: str) -> str:
     return re.sub(r"(?<![\w*])\*([^*\s][^*]*)\*(?![\w*])", r"<em>\1</em>", out)
 
 
-def _td(c: TCell) -> str:
+def _td(c: Entry) -> str:
     cls = ' class="best"' if c.best else ""
     sig = '<span class="sig" title="p &lt; 0.05 vs SFT">†</span>' if c.sig else ""
     return f"<td{cls}>{esc(c.text)}{sig}</td>"

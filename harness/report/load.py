@@ -17,56 +17,28 @@ from typing import Any, Sequence
 
 import yaml
 
+from harness.cells import BASELINE_LABELS, CellSpec
 from harness.io import scan_jsonl
 
 SCHEMA_VERSION = 1
-BASELINE_LABELS = {"student_init": "Student (init)", "teacher": "Teacher"}
 
 PathLike = str | os.PathLike
 
 
-@dataclass
-class Cell:
-    """One finished cell (status "done"): a trained or baseline student evaluated on one task."""
+@dataclass(kw_only=True)
+class Cell(CellSpec):
+    """One finished cell (status "done"): its identity (the `CellSpec` the suite planned, read back
+    from cell.json) plus where its files are and what they hold."""
 
-    cell_id: str
     dir: Path
     data: dict[str, Any]
-    label: str | None = None  # objective label (cell.json `label`, or recovered from cell_id + suite labels)
     problems: list[str] = field(default_factory=list, repr=False, compare=False)  # unreadable files, for the caveats
     _records: dict[str, list[dict[str, Any]] | None] = field(default_factory=dict, repr=False, compare=False)
 
-    @property
-    def kind(self) -> str:
-        return str(self.data.get("kind", "trained"))
-
-    @property
-    def objective(self) -> str:
-        return str(self.data.get("objective", ""))
-
-    @property
-    def task(self) -> str:
-        return str(self.data.get("task", ""))
-
-    @property
-    def seed(self) -> int:
-        seed = self.data.get("seed")
-        if seed is None:  # fall back to the `__s<seed>` suffix of the cell id
-            tail = self.cell_id.rsplit("__", 1)[-1]
-            return int(tail[1:]) if tail[:1] == "s" and tail[1:].isdigit() else 0
-        return int(seed)
-
-    @property
-    def sweep(self) -> dict[str, Any]:
-        return dict(self.data.get("sweep") or {})
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return dict(self.data.get("objective_params") or {})
-
-    @property
-    def is_baseline(self) -> bool:
-        return self.kind == "baseline"
+    @classmethod
+    def loaded(cls, cell_id: str, dir: Path, data: dict[str, Any], label: str | None = None) -> "Cell":
+        """`label`: the objective label (cell.json `label`, or recovered from cell_id + suite labels)."""
+        return cls(**CellSpec.fields_of_record(cell_id, data, label), dir=dir, data=data)
 
     @property
     def base_label(self) -> str:
@@ -222,7 +194,7 @@ def load_results(results_dir: PathLike | Sequence[PathLike]) -> Results:
             if cell_id in cells:
                 warnings.append(f"{where}: duplicate finished cell {cell_id}; kept the one in {kept_where[cell_id]}")
                 continue
-            cells[cell_id] = Cell(cell_id, cell_dir, data, label=_label_of(cell_id, data, suite))
+            cells[cell_id] = Cell.loaded(cell_id, cell_dir, data, label=_label_of(cell_id, data, suite))
             kept_where[cell_id] = where
 
     missing = [m for cid, m in sorted(incomplete.items()) if cid not in cells]

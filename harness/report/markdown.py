@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from harness.report.sections import Document, Table, TCell
+from harness.report.sections import Document, Entry, Table
 
 
-def _cell(c: TCell) -> str:
+def _cell(c: Entry) -> str:
     text = c.text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
     if c.sig:
         text += " †"

@@ -95,7 +95,7 @@ def _flatten_sched(cells: list[Cell]) -> list[Cell]:
     out = []
     for c in cells:
         if any(isinstance(r.get("sched"), dict) for r in c.telemetry):
-            clone = Cell(c.cell_id, c.dir, c.data)
+            clone = Cell.loaded(c.cell_id, c.dir, c.data)
             clone.__dict__["telemetry"] = [
                 {**r, **{f"sched.{k}": v for k, v in (r.get("sched") or {}).items()}} for r in c.telemetry
             ]

@@ -23,7 +23,9 @@ SHOWN_COST = ("optimizer_steps", "prompts_seen", "generated_tokens", "teacher_fo
 
 
 @dataclass
-class TCell:
+class Entry:
+    """One entry of a rendered table (not a results cell: those are `harness.cells.CellSpec`)."""
+
     text: str
     best: bool = False
     sig: bool = False  # significant vs SFT at the 5% level: a † is appended
@@ -33,7 +35,7 @@ class TCell:
 class Table:
     id: str
     headers: list[str]
-    rows: list[list[TCell]]
+    rows: list[list[Entry]]
     row_kinds: list[str] = field(default_factory=list)  # "baseline" | "trained" | "" per row (HTML class)
     caption: str = ""
     numeric: bool = True  # right-align the value columns (False: key/value and text tables)
@@ -60,10 +62,10 @@ def _main_section(board: Leaderboard) -> Section:
     headers = ["Method", "Seed ids"] + [m.label for m in board.metrics]
     rows, kinds = [], []
     for row in board.rows:
-        cells = [TCell(row.label), TCell(", ".join(str(s) for s in row.seeds()))]
+        cells = [Entry(row.label), Entry(", ".join(str(s) for s in row.seeds()))]
         for spec in board.metrics:
             iv = board.main[(row.label, spec.key)]
-            cells.append(TCell(fmt_interval(iv), best=(row.label, spec.key) in board.best))
+            cells.append(Entry(fmt_interval(iv), best=(row.label, spec.key) in board.best))
         rows.append(cells)
         kinds.append("baseline" if row.is_baseline else "trained")
     table = Table("main", headers, rows, kinds, caption="Our results, percent, mean with 95% CI.")
@@ -89,18 +91,18 @@ def _delta_section(board: Leaderboard) -> Section:
     for row in board.rows:
         if row.label == board.sft_label:
             continue
-        cells = [TCell(row.label)]
+        cells = [Entry(row.label)]
         for spec in board.metrics:
             comp = board.deltas.get((row.label, spec.key))
             if comp is None:
-                cells.append(TCell(DASH))
+                cells.append(Entry(DASH))
                 continue
             text = fmt_signed(comp.delta)
             if comp.boot is not None:
                 text += f" [{comp.boot.lo:+.1f}, {comp.boot.hi:+.1f}] {fmt_p(comp.boot.p_value)}"
             if math.isfinite(comp.mcnemar_p):
                 text += f"; McNemar {fmt_p(comp.mcnemar_p)} ({comp.mcnemar_b}/{comp.mcnemar_c})"
-            cells.append(TCell(text, sig=comp.significant))
+            cells.append(Entry(text, sig=comp.significant))
         rows.append(cells)
         kinds.append("baseline" if row.is_baseline else "trained")
     section.paragraphs.append(
@@ -121,9 +123,9 @@ def _cost_section(board: Leaderboard) -> Section:
     for row in board.rows:
         cost = board.cost.get((row.label, "all"), {})
         stab = board.stability.get((row.label, "all"), {})
-        cells = [TCell(row.label)]
-        cells += [TCell(fmt_cost(k, cost.get(k, math.nan))) for k in SHOWN_COST]
-        cells += [TCell(fmt_stability(k, stab.get(k, math.nan))) for k, _, _ in STABILITY_KEYS]
+        cells = [Entry(row.label)]
+        cells += [Entry(fmt_cost(k, cost.get(k, math.nan))) for k in SHOWN_COST]
+        cells += [Entry(fmt_stability(k, stab.get(k, math.nan))) for k, _, _ in STABILITY_KEYS]
         rows.append(cells)
         kinds.append("baseline" if row.is_baseline else "trained")
     return Section(
@@ -156,7 +158,7 @@ def _diagnostics_section(board: Leaderboard) -> Section:
             diag = board.diagnostics.get((row.label, task))
             if diag is None:
                 continue
-            rows.append([TCell(row.label)] + [TCell(fmt_interval(diag[s.key], s.digits)) for s in DIAGNOSTICS])
+            rows.append([Entry(row.label)] + [Entry(fmt_interval(diag[s.key], s.digits)) for s in DIAGNOSTICS])
             kinds.append("baseline" if row.is_baseline else "trained")
         if rows:
             headers = ["Method"] + [f"{s.label} {s.direction}".strip() for s in DIAGNOSTICS]
@@ -171,7 +173,7 @@ def _reference_section(ref: PaperReference | None) -> Section:
     if ref is None:
         return Section("paper-reference", title, paragraphs=["The reference data file `paper_reference.yaml` is missing."])
     headers = ["Method (published)"] + [label for _, label in ref.columns]
-    rows = [[TCell(method)] + [TCell(f"{v:.1f}") for v in values] for method, values in ref.rows]
+    rows = [[Entry(method)] + [Entry(f"{v:.1f}") for v in values] for method, values in ref.rows]
     return Section(
         "paper-reference",
         title,
@@ -189,7 +191,7 @@ def _missing_section(results: Results) -> Section:
     if not results.missing:
         section.paragraphs.append("None: every planned or started cell finished.")
         return section
-    rows = [[TCell(m.cell_id), TCell(m.reason), TCell(m.where)] for m in results.missing]
+    rows = [[Entry(m.cell_id), Entry(m.reason), Entry(m.where)] for m in results.missing]
     section.tables.append(Table("missing", ["Cell", "Reason", "Where"], rows, numeric=False))
     return section
 
@@ -209,7 +211,7 @@ def build_document(
         Section(
             "protocol",
             "Protocol",
-            tables=[Table("protocol", ["Item", "Value"], [[TCell(k), TCell(v)] for k, v in protocol_summary(results)], numeric=False)],
+            tables=[Table("protocol", ["Item", "Value"], [[Entry(k), Entry(v)] for k, v in protocol_summary(results)], numeric=False)],
         )
     )
     env = environment_rows(results)
@@ -217,7 +219,7 @@ def build_document(
     if env:
         multi = len(results.environments) > 1
         headers = (["Shard"] if multi else []) + ["Key", "Value"]
-        rows = [([TCell(s)] if multi else []) + [TCell(k), TCell(v)] for s, k, v in env]
+        rows = [([Entry(s)] if multi else []) + [Entry(k), Entry(v)] for s, k, v in env]
         env_section.tables.append(Table("environment", headers, rows, numeric=False))
     else:
         env_section.paragraphs.append("No `environment.json` in the results.")

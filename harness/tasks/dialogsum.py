@@ -33,7 +33,7 @@ def build_judge(eval_cfg):
         return judges.RougeJudge()
     if jc.kind == "openai":
         return judges.OpenAICompatibleJudge(base_url=jc.base_url, model=jc.api_model, api_key_env=jc.api_key_env)
-    from harness.models import load_model
+    from harness.modeling import load_model
 
     model, tok = load_model(jc.model)
     return judges.HFModelJudge(model, tok)
