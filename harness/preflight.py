@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -345,10 +346,14 @@ def _teacher_prep_disk(cfg: SuiteConfig, cells, free_of: Callable[[Path], int]) 
                     f"free space there or point ${paths.CACHE_DIR_ENV} at a larger disk")]
 
 
-def memory_estimate(cfg: SuiteConfig, accelerator: bool) -> dict[str, Any] | None:
+def memory_estimate(cfg: SuiteConfig, accelerator: bool, world_size: int = 1) -> dict[str, Any] | None:
     """Lower bound on one process's memory: the teacher's weights (bf16 on an accelerator, fp32 on CPU,
     as the runner loads it) plus the student trained in fp32 with AdamW (weights, grads, two moments:
-    16 bytes/parameter; LoRA: weights only). Activations come on top."""
+    16 bytes/parameter; LoRA: weights only). Activations come on top.
+
+    A teacher preparation with `teacher_prep.train.sharding: fsdp` holds 1/world_size of those 16
+    bytes/parameter per process (FSDP shards weights, grads and moments alike); the gathered layer
+    being computed is transient and comes on top like activations."""
     teachers = [cfg.teacher] + [t.teacher for t in cfg.tasks if t.teacher is not None]
     sizes = [estimate_params(t) for t in teachers]
     n_s = estimate_params(cfg.student, cfg.teacher)
@@ -363,8 +368,11 @@ def memory_estimate(cfg: SuiteConfig, accelerator: bool) -> dict[str, Any] | Non
         # Preparing the teacher trains it like a student: fp32 weights, plus grads and AdamW moments
         # unless LoRA (adapters only). Full fine-tuning of a 7B model needs sharding (FSDP) or LoRA.
         prep_b = n_t * (4 if cfg.teacher_prep.lora is not None else 16)
+        shards = world_size if cfg.teacher_prep.train.sharding == "fsdp" else 1
+        prep_b = math.ceil(prep_b / shards)
         if prep_b > need:
-            est.update(bytes=prep_b, what=f"teacher preparation ({'LoRA' if cfg.teacher_prep.lora else 'full'} sft)")
+            how = "LoRA" if cfg.teacher_prep.lora else ("full, FSDP over %d processes" % shards if shards > 1 else "full")
+            est.update(bytes=prep_b, what=f"teacher preparation ({how} sft)")
     return est
 
 
@@ -405,7 +413,9 @@ def device_problems(cfg: SuiteConfig, cells, *, devices: list[int] | None = None
         return []
     if devices is None:
         devices = cuda_device_memory()
-    est = memory_estimate(cfg, accelerator=bool(devices))
+    # FSDP shards over the launched processes: WORLD_SIZE under torchrun, else one process per GPU.
+    world = int(os.environ.get("WORLD_SIZE", "0")) or max(1, len(devices))
+    est = memory_estimate(cfg, accelerator=bool(devices), world_size=world)
     if est is None:
         return []
     need = est["bytes"]
@@ -416,7 +426,9 @@ def device_problems(cfg: SuiteConfig, cells, *, devices: list[int] | None = None
             return [Missing("device", f"the plan needs at least {need / GIB:.1f} GiB on one device for "
                             f"{est['what']} ({sizes}; weights, grads and AdamW state), the largest of {len(devices)} "
                             f"CUDA device(s) has {best / GIB:.1f} GiB",
-                            "use a larger GPU, or LoRA (student.lora / teacher_prep.lora: {r: 16, alpha: 32})")]
+                            "use a larger GPU, or LoRA (student.lora / teacher_prep.lora: {r: 16, alpha: 32}), or for a "
+                            "full teacher preparation shard it: teacher_prep.train.sharding: fsdp under torchrun "
+                            "--nproc_per_node N")]
         return []
     host = host_bytes if host_bytes is not None else _host_memory()
     if host is not None and need > host:
