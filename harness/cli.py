@@ -276,7 +276,8 @@ def cmd_eval(args) -> int:
                           f"--tasks {t}") for t in tasks]
     spec = validate(ModelSpec, {"name": args.model}, "model")
     base_spec = (validate(ModelSpec, {"name": args.baseline_model}, "--baseline-model") if args.baseline_model
-                 else eval_cfg.dialogsum.baseline_model or teacher_spec)
+                 else next((m for t in tasks if (m := getattr(eval_cfg.task_options(t), "baseline_model", None))), None)
+                 or teacher_spec)
     needing = [t for t in task_cfgs if baseline_source(t.name, eval_cfg) not in (None, "references")]
     if needing and base_spec is None:
         raise ConfigError(f"task {needing[0].name} compares against a baseline model's outputs: pass --baseline-model MODEL "

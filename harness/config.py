@@ -205,12 +205,24 @@ class TrainConfig(StrictModel):
     max_nonfinite_in_row: int = Field(5, ge=1)
     cache_teacher_generations: bool = True
     gradient_checkpointing: bool = False
+    sharding: Literal["fsdp"] | None = Field(
+        None, description="`fsdp`: shard the trained model's parameters, gradients and AdamW state over the "
+                            "processes (torchrun, N >= 2; torch FSDP2) for full fine-tuning that does not fit one "
+                            "device, e.g. teacher_prep of a 7B teacher. Objectives without student rollouts only; "
+                            "no mid-run resume checkpoints yet. null (or `none`): one full copy per process (DDP)")
     log_with: list[str] = Field(
         default_factory=list, description="also send telemetry to Accelerate's trackers: tensorboard, wandb, mlflow, ... "
                                           "(telemetry.jsonl is written either way)")
     budget: "TrainBudget | None" = Field(
         None, description="stop every objective when this cost counter reaches the same limit (default: equal "
                           "optimizer steps, hence equal prompts seen, from epochs/max_steps)")
+
+    @field_validator("sharding", mode="before")
+    @classmethod
+    def _none_is_unsharded(cls, v: Any) -> Any:
+        # The default is null rather than "none": results and prepared teachers written before this
+        # setting existed must keep matching their configs (a new key left empty changes nothing).
+        return None if v == "none" else v
 
     @field_validator("log_with")
     @classmethod
@@ -335,6 +347,16 @@ class RunConfig(StrictModel):
     def _one_teacher(self) -> "RunConfig":
         if self.task.teacher is not None:
             raise ValueError("task.teacher is for suites (one teacher per task); a run names its teacher in `teacher:`")
+        if self.train.sharding == "fsdp":
+            from harness.training.sharding import check_sharding
+            from objectives.base import build_objective
+
+            # world size 2: only the objective is checked here; the process count is checked at launch
+            objective = build_objective(self.objective.name, self.objective.params)
+            check_sharding("fsdp", objective.needs(), 2, contract_v2=objective.uses_contract_v2())
+            if self.student.lora is not None:
+                raise ValueError("train.sharding: fsdp trains the full model; LoRA is the one-GPU route: drop the "
+                                 "LoRA spec or set train.sharding: none")
         return self
 
 
@@ -351,6 +373,13 @@ class TeacherPrepConfig(StrictModel):
     lora: LoraSpec | None = None
     train: TrainConfig = TrainConfig()
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _sharding_is_full(self) -> "TeacherPrepConfig":
+        if self.train.sharding == "fsdp" and self.lora is not None:
+            raise ValueError("teacher_prep.train.sharding: fsdp is for full fine-tuning; LoRA is the one-GPU route: "
+                             "drop teacher_prep.lora or set teacher_prep.train.sharding: none")
+        return self
 
 
 class SweepConfig(StrictModel):
@@ -458,6 +487,12 @@ class SuiteConfig(StrictModel):
         for obj in self.ray.per_objective:
             if obj not in names:
                 raise ValueError(f"ray.per_objective names objective {obj!r}, not in {names}")
+        if self.train.sharding == "fsdp":
+            # Suite cells evaluate the trained student in memory, and a sharded model cannot generate
+            # without gathering every layer per token; sharding is wired for teacher preparation.
+            raise ValueError("train.sharding: fsdp is not supported for a suite's students yet; use it in "
+                             "teacher_prep.train (full fine-tuning of a teacher) or `distill-bench train`, and set "
+                             "train.sharding: none here")
         self._check_task_rewards()
         return self
 

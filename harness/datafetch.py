@@ -103,6 +103,18 @@ def dataset_for_path(rel: str) -> str | None:
     return None
 
 
+def fetch_command(rel: str, data_dir: Path | None) -> str:
+    """The command that puts `rel` (a path under the data dir) in place, for error messages."""
+    from harness.paths import DATA_DIR_ENV
+
+    name = dataset_for_path(rel)
+    target = str(data_dir) if data_dir else "DIR"
+    env = "" if data_dir else f" and `export {DATA_DIR_ENV}=DIR`"
+    if name:
+        return f"`distill-bench data fetch {name} --data-dir {target}`{env}"
+    return f"put {rel} under the data directory ({target}){env}"
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -86,6 +86,17 @@ def require_hub(what: str, alternatives: str) -> None:
         raise HubUnavailableError(f"{what} needs the Hugging Face Hub, but {reason}. {alternatives}")
 
 
+def dataset_cached(hub_id: str) -> bool:
+    """Is this Hub dataset in a local cache (so a `hub` source works offline)? Directory check only."""
+    from pathlib import Path
+
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    hub_cache = Path(os.environ.get("HF_HUB_CACHE", home / "hub"))
+    ds_cache = Path(os.environ.get("HF_DATASETS_CACHE", home / "datasets"))
+    org, _, name = hub_id.partition("/")
+    return (hub_cache / f"datasets--{org}--{name}").is_dir() or any(ds_cache.glob(f"{org}___{name}*"))
+
+
 def clear_probe_cache() -> None:
     """Forget earlier probe results (tests; or after the network came back)."""
     with _probe_lock:

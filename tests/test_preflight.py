@@ -190,6 +190,23 @@ def test_disk_and_device_estimates():
     assert "no CUDA device" in h.problem and "fp32 weights" in h.problem
 
 
+def test_full_teacher_prep_memory_is_divided_by_fsdp_shards(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    full = _paper_cfg()
+    full.teacher_prep.lora = None  # full sft of the 7B teacher: 16 bytes/parameter (112 GB) in one process
+    cells = plan_cells(full)
+    (d,) = device_problems(full, cells, devices=[80 * GIB])
+    assert "teacher preparation (full sft)" in d.problem and "teacher_prep.train.sharding: fsdp" in d.fix
+    sharded = full.model_copy(deep=True)
+    sharded.teacher_prep.train.sharding = "fsdp"
+    # One process per GPU: 112 GB / 2 = 56 GB per rank fits 80 GiB; / 1 (one GPU) still does not.
+    assert device_problems(sharded, cells, devices=[80 * GIB, 80 * GIB]) == []
+    assert device_problems(sharded, cells, devices=[80 * GIB])
+    # Under torchrun the launched process count decides, whatever the visible GPUs.
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert device_problems(sharded, cells, devices=[40 * GIB]) == []  # 28 GB per rank
+
+
 @pytest.mark.parametrize("status", [200, 404])
 def test_judge_is_checked_with_one_cheap_request(status):
     reply = completion("A") if status == 200 else b'{"error": "no such model"}'

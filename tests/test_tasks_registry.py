@@ -137,3 +137,36 @@ def test_cli_lists_tasks_and_loads_a_plugin_yaml(tmp_path, capsys, scratch_regis
     assert main(["--plugin", str(_task_yaml(tmp_path)), "tasks"]) == 0
     out = capsys.readouterr().out
     assert "\ngsm8k_copy   [" in out and "metrics: accuracy" in out and "needs: sandbox" in out
+
+
+def test_task_hooks_come_from_the_scorer_module_not_the_task_name(tmp_path, scratch_registry, monkeypatch):
+    """A task's training reward and its extra preflight checks are found through its scorer module:
+    a copy of gsm8k under another name gets both; a scorer without them gets neither."""
+    from harness.preflight import _task_hook_problems
+    from harness.task_rewards import check_reward_available, task_reward
+
+    load_task_file(_task_yaml(tmp_path))  # scorer harness.tasks.gsm8k, under the name gsm8k_copy
+    reward = task_reward("gsm8k_copy")
+    assert reward is not None
+    ex = type("Ex", (), {"id": "a", "answer": "18"})()
+    assert reward([ex, ex], ["#### 18", "it is 17"]) == [1.0, 0.0]
+    assert task_reward("dialogsum") is None
+
+    class NeedsReward:
+        name = "needs_reward"
+
+        def uses_reward(self):
+            return True
+
+    check_reward_available(NeedsReward(), "gsm8k_copy")  # has one: no error
+    with pytest.raises(ConfigError, match=r"task 'dialogsum' has none .*gsm8k_copy.*reward\(examples, completions\)"):
+        check_reward_available(NeedsReward(), "dialogsum")
+
+    # the preflight hook: lm_eval protocol asked for, local source without files -> one problem naming the fix
+    opts = EvalConfig.model_validate({"gsm8k_copy": {"protocols": ["paper", "lm_eval"]}}).task_options("gsm8k_copy")
+    (problem,) = _task_hook_problems(get_task("gsm8k_copy"), opts, "gsm8k_local", tmp_path, 3)
+    assert problem.kind == "data" and "tasks.3.eval_source=gsm8k_local" in problem.problem
+    assert "distill-bench data fetch gsm8k" in problem.fix
+    paper_only = EvalConfig.model_validate({"gsm8k_copy": {"protocols": ["paper"]}}).task_options("gsm8k_copy")
+    assert _task_hook_problems(get_task("gsm8k_copy"), paper_only, "gsm8k_local", tmp_path, 3) == []
+    assert _task_hook_problems(get_task("dialogsum"), EvalConfig().task_options("dialogsum"), "auto", tmp_path, 0) == []

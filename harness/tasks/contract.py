@@ -11,6 +11,11 @@ A task's YAML names its scoring module (`scorer: package.module`). The module pr
                                                                "references" means none are generated)
     RULES_FILES: tuple[Path, ...]                              optional: data files that drive scoring (regexes,
                                                                judge prompts); their contents are hashed into the protocol
+    reward(examples, completions) -> list[float]               optional: a training reward for contract-v2 objectives
+                                                               (looked up by harness.task_rewards)
+    preflight_problems(options, eval_source, data_dir, where) -> [(problem, fix)]
+                                                               optional: what the task's `eval.<task>` options need
+                                                               beyond its sources, checked before any model loads
 
 The driver generates (`ctx.outputs`, n per prompt, prompt-major, with `ctx.params`), the module
 scores. Under a process group every rank calls `score` with the same context; per-example work that

@@ -8,6 +8,7 @@ same questions and is recorded under `lm_eval`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,32 @@ RULES_FILES = (EXTRACTION_YAML,)
 
 def generation_overrides(eval_cfg) -> dict[str, Any]:
     return {"max_new_tokens": eval_cfg.gsm8k.max_new_tokens}
+
+
+def preflight_problems(options, eval_source: str, data_dir: Path | None, where: str) -> list[tuple[str, str]]:
+    """(problem, fix) for what `eval.gsm8k.protocols` needs beyond the task's sources: lm-eval's
+    protocol reads the test split itself, from the Hub or from local files. Called by the preflight
+    before any model is loaded."""
+    if "lm_eval" not in options.protocols:
+        return []
+    from harness.datafetch import fetch_command
+    from harness.errors import DataError
+    from harness.evaluation.gsm8k_lm_eval import lm_eval_data_source
+    from harness.hub import dataset_cached, hub_unreachable_reason
+
+    what = f"eval.gsm8k.protocols [lm_eval] ({where}.eval_source={eval_source})"
+    fetch = fetch_command("gsm8k/test.jsonl", data_dir)
+    try:
+        kind, _ = lm_eval_data_source(eval_source, data_dir)
+    except DataError as err:
+        return [(f"{what}: {err}",
+                 f"{fetch} and set {where}.eval_source=gsm8k_local, or drop lm_eval from eval.gsm8k.protocols")]
+    if kind == "hub":
+        reason = hub_unreachable_reason()
+        if reason is not None and not dataset_cached("openai/gsm8k"):
+            return [(f"{what}: lm-eval's gsm8k reads openai/gsm8k from the Hub, but {reason} and it is not in the "
+                     "local datasets cache", f"run online, or {fetch} and set {where}.eval_source=gsm8k_local")]
+    return []
 
 
 def score(ctx: ScoreContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -56,3 +83,17 @@ def _lm_eval(ctx: ScoreContext) -> dict[str, Any]:
     return run_lm_eval_gsm8k(ctx.model, ctx.tokenizer, data_dir=gsm_dir, limit=ctx.task_cfg.eval_limit,
                              batch_size=ctx.eval_cfg.batch_size, num_fewshot=ctx.eval_cfg.gsm8k.lm_eval_num_fewshot,
                              max_gen_toks=ctx.eval_cfg.gsm8k.lm_eval_max_gen_toks, source=kind)
+
+
+def reward(examples: Sequence[Any], completions: Sequence[str]) -> list[float]:
+    """Training reward (contract v2 objectives): answer match with the evaluation's extraction and
+    exact-rational comparison, so the reward and the benchmark metric cannot disagree."""
+    from harness.evaluation.gsm8k import normalize_number
+
+    out = []
+    for ex, text in zip(examples, completions, strict=True):
+        target = getattr(ex, "answer", None)
+        if target is None:
+            raise ValueError(f"gsm8k example {getattr(ex, 'id', '?')} has no reference answer; cannot compute its reward")
+        out.append(1.0 if answers_match(extract_answer(text), normalize_number(str(target))) else 0.0)
+    return out

@@ -6,6 +6,7 @@ child processes); the diversity of the n samples rides along as diagnostics.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from harness.evaluation.code_clean import RULES_YAML
@@ -44,3 +45,20 @@ def score(ctx: ScoreContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     agg["self_bleu"] = sum(sb) / len(sb) if sb else None
     agg["mean_length"] = sum(lengths) / len(lengths) if lengths else None
     return agg, rows
+
+
+def reward(examples: Sequence[Any], completions: Sequence[str], *, timeout_s: float = 5.0) -> list[float]:
+    """Training reward (contract v2 objectives): pass/fail of the problem's tests, run only in the
+    evaluation's confined sandbox, so the reward and the benchmark metric cannot disagree."""
+    problems, per_problem = [], []
+    for ex, text in zip(examples, completions, strict=True):
+        meta = getattr(ex, "meta", {}) or {}
+        missing = [k for k in ("task_id", "code_prompt", "test", "entry_point") if k not in meta]
+        if missing:
+            raise ValueError(f"humaneval example {getattr(ex, 'id', '?')} lacks {missing}; cannot run its tests")
+        # a unique id per completion: the same problem appears n_samples times in a group
+        problems.append({"task_id": f"{meta['task_id']}#{len(problems)}", "prompt": meta["code_prompt"],
+                         "test": meta["test"], "entry_point": meta["entry_point"]})
+        per_problem.append([text])
+    _, rows = evaluate_humaneval(problems, per_problem, k_list=(1,), timeout_s=timeout_s)
+    return [1.0 if row["passed"][0] else 0.0 for row in rows]

@@ -11,7 +11,7 @@ hook is replaced by a plain all-reduce sum. DDP buckets the gradients and starts
 while backward is still computing earlier layers, and skips communication on non-final micro-batches
 (`no_sync`); the loss applies the LM head outside the wrapped forward, which DDP allows (its hooks sit
 on the parameters, not on the forward's outputs).
-FSDP / DeepSpeed ZeRO for students too large for one device: see README "Scaling out".
+Models whose full fine-tuning does not fit one device: `train.sharding: fsdp` (harness/training/sharding.py).
 """
 
 from __future__ import annotations

@@ -23,12 +23,14 @@ from harness.generation import GenerationParams, HFGenerationBackend
 from harness.io import atomic_write_json
 from harness.modeling.batching import collate
 from harness.training.batching import split_micro_batches
-from harness.training.checkpoint import CHECKPOINT_DIRNAME, TrainState, find_checkpoint, load_latest, save_checkpoint
+from harness.training.checkpoint import (CHECKPOINT_DIRNAME, Resumed, TrainState, find_checkpoint, load_latest,
+                                         save_checkpoint)
 from harness.training.checkpoint_policy import CheckpointPolicy
 from harness.training import rows as v2_rows
 from harness.training.distributed import DataParallelStudent, DistContext, init_distributed
 from harness.modeling.forward import lm_head, loss_hidden_states, sliced_head
 from harness.training.schedules import build_scheduler
+from harness.training.sharding import ShardedStudent, check_sharding, grad_norm_value
 from harness.training.sequences import SequenceBuilder, SequenceCounters, TeacherGenerationCache
 from harness.training.telemetry import PeakMemory, TelemetryLog
 from harness.training.trackers import Trackers
@@ -130,8 +132,12 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
         teacher = v2_rows.check_objective(objective, setup, student)
     if signal_needed != TeacherSignal.NONE and teacher is None:
         raise ValueError(f"objective {objective.name!r} needs a teacher ({signal_needed.value}) but none was loaded")
+    sharded = tc.sharding == "fsdp"
+    check_sharding(tc.sharding, objective.needs(), dist.world_size, contract_v2=v2)
     device = dist.device
-    student.to(device).train()
+    if not sharded:  # FSDP moves only this rank's shard onto the device (ShardedStudent below)
+        student.to(device)
+    student.train()
     if teacher is not None and teacher is not student:  # contract v2 "self_live": the student teaches itself
         teacher.to(device).eval().requires_grad_(False)
     use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda")
@@ -143,6 +149,9 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
     total_steps = total_optimizer_steps(len(setup.examples), tc.epochs, tc.batch_size, max_steps or tc.max_steps)
     if tc.batch_size % dist.world_size:
         raise ValueError(f"train.batch_size {tc.batch_size} must be a multiple of the process count {dist.world_size}")
+    # Sharded before the optimizer exists: AdamW then holds (and keeps moments for) this rank's shards only.
+    sharded_student = (ShardedStudent(student, dist, loss_hidden_states, bf16=use_bf16 and device.type == "cuda")
+                       if sharded else None)
     params = [p for p in student.parameters() if p.requires_grad]
     # The fused kernel (CPU and CUDA) is ~4x faster than the default per-tensor loop for a 100M student.
     optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay,
@@ -154,7 +163,9 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
     trackers = Trackers(tc.log_with, run_dir, run_dir.name, cfg.model_dump(mode="json"), enabled=dist.is_main)
     # Only a checkpoint that matches its manifest is resumed from; damaged ones are discarded and
     # the reason goes into the summary (`resume_events`), so a fallback is never silent.
-    resumed = load_latest(run_dir, student, optimizer, scheduler, live_telemetry=telemetry.path, owner=dist.is_main)
+    # Sharded runs write no resume checkpoints yet (they would need the gathered optimizer state): they start over.
+    resumed = (Resumed(None, None, []) if sharded else
+               load_latest(run_dir, student, optimizer, scheduler, live_telemetry=telemetry.path, owner=dist.is_main))
     if resumed.state is not None:
         state = resumed.state
         student.to(device)
@@ -173,13 +184,14 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
     seq_counters = SequenceCounters()
     # The vLLM engine holds its own bf16 weights: no copy here for that backend.
     rollout_model = (bf16_rollout_copy(student)
-                     if tc.rollout_backend == "hf" and resolve_rollout_precision(tc.rollout_precision, device) == "bf16"
+                     if not sharded and tc.rollout_backend == "hf" and resolve_rollout_precision(tc.rollout_precision, device) == "bf16"
                      else None)
     # One generation call per process per step (the whole share of the batch) unless a smaller
     # generation batch is set: decoding is memory-bound, so a wider batch is nearly free per row.
     gen_batch = generation_batch_size(tc, dist.world_size)
     # The vLLM engine is built at the first on-policy step, so objectives that never roll out never start one.
-    student_backend = None if tc.rollout_backend == "vllm" else HFGenerationBackend(
+    # (Sharded runs never sample from the student: check_sharding refused such objectives.)
+    student_backend = None if tc.rollout_backend == "vllm" or sharded else HFGenerationBackend(
         rollout_model or student, tok, batch_size=gen_batch)
     builder = SequenceBuilder(
         tokenizer=tok, render=setup.render_prompt, max_prompt_tokens=tc.max_prompt_tokens,
@@ -204,7 +216,9 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
     policy = CheckpointPolicy(tc.checkpoint_every, tc.checkpoint_every_s, start_step=state.step)
     # v1 objectives: DDP. Contract-v2 objectives run the student in harness/training/rows.py, outside
     # the DDP forward, and sum gradients with DistContext.all_reduce_grads instead.
-    trainer = None if v2 else DataParallelStudent(student, dist, loss_hidden_states, static_graph=tc.gradient_checkpointing)
+    trainer = sharded_student or (
+        None if v2 else DataParallelStudent(student, dist, loss_hidden_states, static_graph=tc.gradient_checkpointing))
+    loss_scale = sharded_student.loss_scale if sharded_student is not None else 1.0
     interrupted = {"flag": False}
     previous_handler = _install_sigint(interrupted)
     budget = tc.budget
@@ -266,7 +280,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                                 h_t = loss_hidden_states(teacher, batch, autocast_dtype)
                         res = _objective_loss(objective, sched, h_s, s_head, h_t, t_head, batch.targets,
                                               tc.loss_chunk_size, autocast_dtype)
-                        (res.loss_sum / max(n_global, 1.0)).backward()
+                        (res.loss_sum / max(n_global, 1.0) * loss_scale).backward()
                     loss_sum += float(res.loss_sum.detach())
                     entropy_sum += res.entropy_sum
                     kl_sum += res.kl_sum
@@ -274,7 +288,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
 
                 # 3. clip, guard against non-finite values, step
                 loss_value = dist.all_reduce_sum(loss_sum) / max(n_global, 1.0)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip or float("inf")))
+                grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip or float("inf")))
                 finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
                 lr_now = scheduler.get_last_lr()[0]
                 if finite:
@@ -327,7 +341,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                 # Every rank must take the same branch (the save ends in a barrier): decide together.
                 was_interrupted = dist.any(interrupted["flag"])
                 stop_now = was_interrupted or (stop_after_step is not None and state.step >= stop_after_step)
-                if finite and dist.any(policy.due(state.step, interrupted=stop_now)):
+                if not sharded and finite and dist.any(policy.due(state.step, interrupted=stop_now)):
                     if dist.is_main:
                         save_checkpoint(run_dir, student, optimizer, scheduler, state, telemetry_path=telemetry.path)
                     policy.saved(state.step)
@@ -354,10 +368,15 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
         "rollout_weight_syncs": getattr(student_backend, "syncs", None), **{k: counters[k] for k in counters},
         "resume_events": resumed.events,
     }
+    full_state = None
+    if sharded_student is not None:
+        summary["sharding"] = sharded_student.layout()  # collective: every rank reports its shard
     finished = state.step >= total_steps or budget_spent()
+    if finished and save_model and sharded_student is not None:
+        full_state = sharded_student.full_state_dict()  # collective; the full weights land on rank 0 only
     if finished and dist.is_main:
         if save_model:
-            _save_final_model(student, tok, model_dir)
+            _save_final_model(student, tok, model_dir, state_dict=full_state)
         atomic_write_json(run_dir / SUMMARY_FILENAME, summary)
         if save_model:
             # The final model (weights only) supersedes the resume checkpoint and its optimizer state.
@@ -366,7 +385,9 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
 
             shutil.rmtree(run_dir / CHECKPOINT_DIRNAME, ignore_errors=True)
     dist.barrier()
-    return TrainResult(run_dir, model_dir, state.step, total_steps, resumed_from, summary, student)
+    # A sharded student holds DTensor shards, not a usable model: callers load `model_dir` instead.
+    return TrainResult(run_dir, model_dir, state.step, total_steps, resumed_from, summary,
+                       None if sharded else student)
 
 
 def resolve_rollout_precision(setting: str, device: torch.device) -> str:
@@ -433,8 +454,10 @@ def _objective_loss(objective, sched, h_s, s_head, h_t, t_head, targets, chunk_s
         return dense_loss(objective, sched, s_logits, t_logits, targets, **extra)
 
 
-def _save_final_model(student, tokenizer, model_dir: Path) -> None:
-    """A standard HF checkpoint (LoRA adapters merged), written to a temp dir and renamed."""
+def _save_final_model(student, tokenizer, model_dir: Path, state_dict: dict | None = None) -> None:
+    """A standard HF checkpoint (LoRA adapters merged), written to a temp dir and renamed.
+
+    `state_dict`: the gathered full weights of a sharded student (its own parameters are shards)."""
     import shutil
     import tempfile
 
@@ -442,7 +465,7 @@ def _save_final_model(student, tokenizer, model_dir: Path) -> None:
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     tmp = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=".model-"))
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(tmp)
     if model_dir.exists():
         shutil.rmtree(model_dir)
