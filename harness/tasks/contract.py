@@ -20,8 +20,9 @@ A task's YAML names its scoring module (`scorer: package.module`). The module pr
 The driver generates (`ctx.outputs`, n per prompt, prompt-major, with `ctx.params`), the module
 scores. Under a process group every rank calls `score` with the same context; per-example work that
 costs (running code, asking a judge) goes through `ctx.shards.map` so each rank does its share, and
-work that cannot be split through `ctx.shards.on_writer`; only rank 0 writes what `score` returns. The recorded protocol is built here from what ran: the resolved task definition, the
-generation settings used, the rules files' hashes, and the scorer's own additions.
+work that cannot be split through `ctx.shards.on_writer`; only rank 0 writes what `score` returns.
+The recorded protocol is built here from what ran: the resolved task definition, the generation
+settings used, the rules files' hashes, and the scorer's own additions.
 """
 
 from __future__ import annotations
