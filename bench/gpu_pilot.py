@@ -69,6 +69,10 @@ def run_cell(args) -> dict:
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory(prefix="gpu-pilot-") as d:
         teacher, student, tok = load_pair(args.quick, Path(d))
+        if device.type == "cuda":
+            # As a suite cell holds it (harness.pipeline.load_pair): the frozen teacher in bf16 on CUDA;
+            # the student stays fp32 (master weights; the stage moves both to the device).
+            teacher = teacher.to(torch.bfloat16)
         n_params = sum(p.numel() for p in student.parameters())
         prompts = pick_prompts(tok, args.quick, train_cfg["batch_size"] * args.steps, 256)
 
@@ -133,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             "rollout_hours_small_models": rollout_h, "training_hours_small_models": train_h,
             "student_param_ratio": scale,
             "total_hours_scaled_rough": (rollout_h + train_h) * scale if rollout_h and train_h else None}
+    if not args.device.startswith("cuda"):
+        print("gpu_pilot: plumbing check on the CPU; these figures are not a GPU measurement", file=sys.stderr)
     print(f"pilot cell ({cell['device']}, {cell['objective']}, {cell['steps']} steps, student "
           f"{cell['student_params'] / 1e6:.0f}M params): step {cell['step_s']:.2f} s")
     print(f"  rollout tokens/s  {cell['rollout_tokens_per_s']:.1f}  ({cell['generated_tokens_per_step']:.0f} generated tokens/step)")

@@ -27,6 +27,13 @@ before training; see bench/_common.py), over all steps including the warm-up (op
 Instrumentation of our stage: `harness.training.loop.collate` and `TelemetryLog.append` are wrapped
 in the worker process to read per-step token counts and step-end times (no behaviour change).
 Target (issue): >= 1.3x TRL's throughput at equal or lower peak memory.
+
+Before/after a change to our own stage (issue 15: one generation call per step instead of rollouts
+bounded by the micro-batch): `--peers ours_base --base-code DIR` runs our stage from the checkout
+DIR (e.g. `git worktree add /tmp/base COMMIT`) as the peer, interleaved with this tree's, with the
+same models, prompts and settings; `--micro-batch` / `--generation-batch` set our micro-batch and
+generation batch. Each worker also reports the bytes it wrote during training (/proc/self/io:
+`wchar`, bytes passed to write calls, and `write_bytes`, bytes sent to the block layer) and its wall time.
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if "--code-root" in sys.argv:
+    # An `ours_base` worker: our stage as another checkout has it (e.g. the commit before a change),
+    # imported ahead of this tree's; this script only drives it.
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--code-root") + 1]).resolve()))
 
 from bench._common import (  # noqa: E402
     MIB,
@@ -115,7 +126,8 @@ def pick_prompts(tok, quick: bool, n: int, target_tokens: int) -> list[tuple[str
 # ---------------------------------------------------------------------------------------------
 def run_ours(objective: str, teacher, student, tok, prompts, steps: int, max_new_tokens: int, tmp: Path,
              chunk_size: int | None, rollout_precision: str = "same", precision: str = "fp32",
-             rollout_backend: str = "hf") -> dict:
+             rollout_backend: str = "hf", micro_batch: int | None = None, generation_batch: int | None = None,
+             base: bool = False) -> dict:
     from harness.config import RunConfig
     from harness.training import loop as L
     from harness.training.telemetry import TelemetryLog
@@ -126,14 +138,17 @@ def run_ours(objective: str, teacher, student, tok, prompts, steps: int, max_new
             self.references, self.answer, self.fields, self.meta = [response], None, {}, {}
 
     examples = [Ex(i, p, r) for i, (p, r) in enumerate(prompts)]
-    train = dict(lr=1e-5, epochs=steps, max_steps=steps, batch_size=len(prompts), micro_batch_size=len(prompts),
+    train = dict(lr=1e-5, epochs=steps, max_steps=steps, batch_size=len(prompts), micro_batch_size=micro_batch or len(prompts),
                  lr_schedule="constant", warmup_ratio=0.0, weight_decay=0.0, grad_clip=1.0, max_prompt_tokens=512,
                  max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, precision=precision,
                  checkpoint_every=10_000, cache_teacher_generations=False)
     if chunk_size is not None:
         train["loss_chunk_size"] = chunk_size
     train["rollout_precision"] = rollout_precision
-    train["rollout_backend"] = rollout_backend
+    if not base or rollout_backend != "hf":  # older checkouts may predate the option (hf was their only backend)
+        train["rollout_backend"] = rollout_backend
+    if generation_batch is not None:
+        train["generation_batch_size"] = generation_batch
     cfg = RunConfig(teacher={"name": TEACHER}, student={"name": TEACHER}, task={"name": "gsm8k"},
                     objective={"name": objective, "params": {}}, train=train, seed=0)
     setup = L.TrainingSetup(teacher=teacher, student=student, tokenizer=tok, examples=examples,
@@ -146,25 +161,34 @@ def run_ours(objective: str, teacher, student, tok, prompts, steps: int, max_new
     phases: list[dict] = []  # the stage's own per-step time split (telemetry), for the breakdown
     orig_collate, orig_append = L.collate, TelemetryLog.append
 
+    pending = [0, 0]  # tokens, completion tokens of the step in progress (one collate per micro-batch)
+
     def collate(seqs, pad_id, *a, **k):
         batch = orig_collate(seqs, pad_id, *a, **k)
-        tokens.append(batch.n_tokens)
-        completion.append(batch.n_loss_tokens)
+        pending[0] += batch.n_tokens
+        pending[1] += batch.n_loss_tokens
         return batch
 
     with PeakRSS() as mem:
-        def append(self, row):
+        def append(self, row):  # one telemetry row per optimizer step: the step's micro-batches summed
+            tokens.append(pending[0])
+            completion.append(pending[1])
+            pending[:] = [0, 0]
             ends.append((time.perf_counter(), mem.peak_now()))
             phases.append({k: row.get(k) for k in ("sequences_s", "forward_backward_s", "optimizer_s")})
             return orig_append(self, row)
 
         L.collate, TelemetryLog.append = collate, append
+        io_before = _proc_io()
         try:
             t0 = time.perf_counter()
             L.train(cfg, tmp / "run", setup, progress=False)
         finally:
             L.collate, TelemetryLog.append = orig_collate, orig_append
+        io_after = _proc_io()
     stats = _step_stats(t0, ends, tokens, completion, len(prompts), mem)
+    stats["train_wall_s"] = time.perf_counter() - t0
+    stats["train_io_bytes"] = {k: io_after[k] - io_before[k] for k in io_after if k in io_before}
     timed = phases[1:]  # step 0 is the warm-up
     stats["phase_median_s"] = {k: median([p[k] for p in timed if p.get(k) is not None])
                                for k in ("sequences_s", "forward_backward_s", "optimizer_s")} if timed else {}
@@ -271,6 +295,15 @@ def run_trl_distill(beta: float, teacher, student, tok, prompts, steps: int, max
     return _step_stats(t0, ends, tokens, completion, len(prompts), mem)
 
 
+def _proc_io() -> dict[str, int]:
+    """This process's I/O counters (Linux /proc/self/io); empty where unavailable."""
+    try:
+        with open("/proc/self/io") as fh:
+            return {k: int(v) for k, v in (line.split(":") for line in fh if ":" in line)}
+    except OSError:
+        return {}
+
+
 def _step_stats(t0: float, ends, tokens, completion, batch: int, mem: PeakRSS) -> dict:
     times = [ends[0][0] - t0] + [b[0] - a[0] for a, b in zip(ends, ends[1:])]
     timed = list(range(1, len(times)))  # step 0 is the warm-up
@@ -291,8 +324,11 @@ def _step_stats(t0: float, ends, tokens, completion, batch: int, mem: PeakRSS) -
 
 def worker(framework: str, objective: str, steps: int, max_new_tokens: int, prompt_tokens: int, batch: int,
            quick: bool, chunk_size: int | None, threads: int | None, rollout_precision: str = "same",
-           precision: str = "fp32", rollout_backend: str = "hf") -> dict:
+           precision: str = "fp32", rollout_backend: str = "hf", micro_batch: int | None = None,
+           generation_batch: int | None = None) -> dict:
     import torch
+
+    t_worker = time.perf_counter()
 
     if threads:
         torch.set_num_threads(threads)
@@ -302,16 +338,25 @@ def worker(framework: str, objective: str, steps: int, max_new_tokens: int, prom
         teacher, student, tok = load_pair(quick, tmp)
         prompts = pick_prompts(tok, quick, batch, prompt_tokens)
         prompt_lens = [len(tok(p, add_special_tokens=False)["input_ids"]) for p, _ in prompts]
-        if framework == "ours":
+        if framework in ("ours", "ours_base"):
+            # ours_base: the same call into the other checkout's stage, with only the options it knows.
+            base = framework == "ours_base"
             stats = run_ours(objective, teacher, student, tok, prompts, steps, max_new_tokens, tmp, chunk_size,
-                             rollout_precision, precision, rollout_backend)
+                             rollout_precision, precision, rollout_backend, micro_batch,
+                             None if base else generation_batch, base=base)
         elif framework == "trl_distill":
             stats = run_trl_distill(TRL_BETA[objective], teacher, student, tok, prompts, steps, max_new_tokens, tmp,
                                     precision, rollout_backend)
         else:
             stats = run_trl(TRL_BETA[objective], teacher, student, tok, prompts, steps, max_new_tokens, tmp, precision)
+    import harness
+
     return {"framework": framework, "objective": objective, "trl_beta": TRL_BETA[objective] if framework != "ours" else None,
             "rollout_backend": rollout_backend if framework != "trl" else "hf",
+            "code_root": str(Path(harness.__file__).resolve().parents[1]),
+            "micro_batch": micro_batch or batch if framework in ("ours", "ours_base") else None,
+            "generation_batch": generation_batch if framework == "ours" else None,
+            "worker_wall_s": time.perf_counter() - t_worker,
             "steps": steps, "batch": batch, "prompt_lens": prompt_lens, "max_new_tokens": max_new_tokens,
             "threads": torch.get_num_threads(), "precision": precision, "rollout_precision": rollout_precision if framework == "ours" else None,
             **stats}
@@ -336,8 +381,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="our TrainConfig.rollout_precision (TRL always samples with its fp32 weights)")
     p.add_argument("--rollout-backend", choices=["hf", "vllm"], default="hf",
                    help="vllm (CUDA): our train.rollout_backend and DistillationTrainer's use_vllm (colocate)")
-    p.add_argument("--peers", nargs="+", choices=["trl", "trl_distill"], default=["trl"],
-                   help="trl: GKDTrainer; trl_distill: DistillationTrainer (trl>=1.10)")
+    p.add_argument("--peers", nargs="+", choices=["trl", "trl_distill", "ours_base"], default=["trl"],
+                   help="trl: GKDTrainer; trl_distill: DistillationTrainer (trl>=1.10); ours_base: our stage "
+                        "from the checkout --base-code (before/after a change)")
+    p.add_argument("--base-code", help="with --peers ours_base: root of the other checkout (a git worktree)")
+    p.add_argument("--code-root", help=argparse.SUPPRESS)  # set by the driver for ours_base workers
+    p.add_argument("--micro-batch", type=int, help="our micro_batch_size (default: --batch)")
+    p.add_argument("--generation-batch", type=int,
+                   help="our train.generation_batch_size (default: TrainConfig's; not passed to ours_base)")
     p.add_argument("--quick", action="store_true", help="tiny random models, 2 steps, 1 round")
     p.add_argument("--inprocess", action="store_true", help="no subprocesses (tests; memory not isolated)")
     p.add_argument("--out", help="JSON path (default bench/results/train_step.json)")
@@ -345,6 +396,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.repeats, args.max_new_tokens = min(args.steps, 3), 1, min(args.max_new_tokens, 8)
+    if "ours_base" in args.peers:
+        if not args.base_code or not (Path(args.base_code) / "harness").is_dir():
+            p.error("--peers ours_base needs --base-code DIR, a checkout with harness/ (e.g. `git worktree add "
+                    "/tmp/base COMMIT`)")
+        if args.inprocess:
+            p.error("--peers ours_base imports another checkout's harness: it needs worker processes (drop --inprocess)")
+    if args.micro_batch is not None and (args.micro_batch < 1 or args.batch % args.micro_batch):
+        p.error(f"--micro-batch {args.micro_batch} must divide --batch {args.batch}")
     if args.rollout_backend == "vllm":
         from harness.vllm_backend import vllm_unavailable_reason
 
@@ -352,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         if reason is not None:
             p.error(f'--rollout-backend vllm: {reason}; on a CUDA machine `pip install -e ".[vllm]"`, or drop the option')
     wargs = (args.steps, args.max_new_tokens, args.prompt_tokens, args.batch, args.quick, args.chunk_size, args.threads,
-             args.rollout_precision, args.precision, args.rollout_backend)
+             args.rollout_precision, args.precision, args.rollout_backend, args.micro_batch, args.generation_batch)
     if args.worker:
         emit(worker(args.worker[0], args.worker[1], *wargs))
         return 0
@@ -367,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         for obj in args.objectives:
             jobs.append(("ours", obj))
             for peer in args.peers:
-                if not any(f == peer and TRL_BETA[o] == TRL_BETA[obj] for f, o in jobs):
+                # A TRL peer runs once per distinct beta; our base stage once per objective.
+                if peer == "ours_base" or not any(f == peer and TRL_BETA[o] == TRL_BETA[obj] for f, o in jobs):
                     jobs.append((peer, obj))
         if r % 2:
             jobs.reverse()
@@ -381,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
                 cli += ["--threads", str(args.threads)] if args.threads else []
                 cli += ["--rollout-precision", args.rollout_precision, "--precision", args.precision,
                         "--rollout-backend", args.rollout_backend]
+                cli += ["--micro-batch", str(args.micro_batch)] if args.micro_batch else []
+                cli += ["--generation-batch", str(args.generation_batch)] if args.generation_batch else []
+                cli += ["--code-root", str(Path(args.base_code).resolve())] if fw == "ours_base" else []
                 row = run_worker(__file__, cli)
             row["round"] = r
             rows.append(row)
@@ -392,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     for obj in args.objectives:
         beta = TRL_BETA[obj]
         ours = [x for x in rows if x["framework"] == "ours" and x["objective"] == obj]
-        peer_rows = {peer: [x for x in rows if x["framework"] == peer and x["trl_beta"] == beta] for peer in args.peers}
+        peer_rows = {peer: [x for x in rows if x["framework"] == peer and x["trl_beta"] == beta
+                            and (peer != "ours_base" or x["objective"] == obj)] for peer in args.peers}
         trl = peer_rows.get("trl") or peer_rows[args.peers[0]]
         # Ratio per round (same round = measured minutes apart at most), then the median over rounds.
         per_round = []
@@ -426,6 +490,29 @@ def main(argv: list[str] | None = None) -> int:
                 "distill_completion_len": median([x["mean_completion_len"] for x in dist]),
                 "speedup_vs_distill_per_round": rounds, "speedup_vs_distill": median(rounds),
             })
+        base = peer_rows.get("ours_base")
+        if base:
+            # This tree's stage / the base checkout's, per round (measured back to back), then the median.
+            rounds = [o["tokens_per_s"] / b["tokens_per_s"] for r in range(args.repeats)
+                      for o in ours if o["round"] == r for b in base if b["round"] == r]
+            io = lambda rows, k: median([x.get("train_io_bytes", {}).get(k, 0) for x in rows])  # noqa: E731
+            summary[-1].update({
+                "base_code": str(Path(args.base_code).resolve()),
+                "base_tokens_per_s": median([x["tokens_per_s"] for x in base]),
+                "base_step_s": median([x["step_time_median_s"] for x in base]),
+                "base_peak_mib": median([x["peak_bytes"] for x in base]) / MIB,
+                "base_completion_len": median([x["mean_completion_len"] for x in base]),
+                "base_worker_wall_s": median([x["worker_wall_s"] for x in base]),
+                "ours_worker_wall_s": median([x["worker_wall_s"] for x in ours]),
+                "base_train_wchar": io(base, "wchar"), "ours_train_wchar": io(ours, "wchar"),
+                "base_train_write_bytes": io(base, "write_bytes"), "ours_train_write_bytes": io(ours, "write_bytes"),
+                "base_phase_median_s": {k: median([x["phase_median_s"][k] for x in base if x.get("phase_median_s")])
+                                        for k in ("sequences_s", "forward_backward_s", "optimizer_s")},
+                "speedup_vs_base_per_round": rounds, "speedup_vs_base": median(rounds),
+                "step_time_base_over_ours_per_round": [b["step_time_median_s"] / o["step_time_median_s"]
+                                                       for r in range(args.repeats) for o in ours if o["round"] == r
+                                                       for b in base if b["round"] == r],
+            })
     info["loadavg_end"] = loadavg()
     info["wall_s"] = round(time.perf_counter() - t_start, 1)
     table = fmt_table(
@@ -435,9 +522,13 @@ def main(argv: list[str] | None = None) -> int:
           s["ours_step_s"], s["trl_step_s"], s["ours_peak_mib"], s["trl_peak_mib"], s["mem_ratio"],
           f"{s['ours_completion_len']:.1f}/{s['trl_completion_len']:.1f}", "ok" if s["meets_target"] else "MISS"]
          for s in summary])
-    print(f"\nFull on-policy step, batch {args.batch}, prompts {rows[0]['prompt_lens']} tokens, max_new_tokens "
-          f"{args.max_new_tokens}, {args.steps - 1} timed steps x {args.repeats} rounds, {rows[0]['threads']} threads")
-    print(table)
+    # The TRL table's columns read "TRL": shown only when a TRL trainer was a peer.
+    trl_peer = any(x in args.peers for x in ("trl", "trl_distill"))
+    print(f"\nFull on-policy step, batch {args.batch} (our micro-batch {args.micro_batch or args.batch}), prompts "
+          f"{rows[0]['prompt_lens']} tokens, max_new_tokens {args.max_new_tokens}, {args.steps - 1} timed steps x "
+          f"{args.repeats} rounds, {rows[0]['threads']} threads")
+    if trl_peer:
+        print(table)
     if "trl_distill" in args.peers:
         print(f"\nvs TRL DistillationTrainer (rollouts: {args.rollout_backend}; targets on a GPU with vLLM: >= 1.0x):")
         print(fmt_table(
@@ -446,12 +537,22 @@ def main(argv: list[str] | None = None) -> int:
             [[f"{s['objective']} ({s['trl_beta']:g})", s["ours_tokens_per_s"], s["distill_tokens_per_s"],
               s["speedup_vs_distill"], s["ours_step_s"], s["distill_step_s"], s["ours_peak_mib"], s["distill_peak_mib"],
               f"{s['ours_completion_len']:.1f}/{s['distill_completion_len']:.1f}"] for s in summary]))
+    if "ours_base" in args.peers:
+        print(f"\nvs our stage at {args.base_code} (same settings; ours with generation batch "
+              f"{args.generation_batch or 'default'}):")
+        print(fmt_table(
+            ["objective", "ours tok/s", "base tok/s", "ours/base", "ours step s", "base step s", "ours rollout s",
+             "base rollout s", "ours peak MiB", "base peak MiB", "ours wchar", "base wchar", "completion ours/base"],
+            [[s["objective"], s["ours_tokens_per_s"], s["base_tokens_per_s"], s["speedup_vs_base"], s["ours_step_s"],
+              s["base_step_s"], s["ours_phase_median_s"]["sequences_s"], s["base_phase_median_s"]["sequences_s"],
+              s["ours_peak_mib"], s["base_peak_mib"], s["ours_train_wchar"], s["base_train_wchar"],
+              f"{s['ours_completion_len']:.1f}/{s['base_completion_len']:.1f}"] for s in summary]))
     for s in summary:
         ph = s["ours_phase_median_s"]
         print(f"ours {s['objective']}: step split (median s) sequences/rollout {ph['sequences_s']:.2f}, "
               f"forward+backward {ph['forward_backward_s']:.2f}, optimizer+rest {ph['optimizer_s']:.2f}")
-    print(f"target: >= {TARGET_SPEEDUP}x TRL tokens/s at <= TRL peak memory; load average "
-          f"{info['loadavg_start']} -> {info['loadavg_end']}")
+    print((f"target: >= {TARGET_SPEEDUP}x TRL tokens/s at <= TRL peak memory; " if trl_peer else "")
+          + f"load average {info['loadavg_start']} -> {info['loadavg_end']}")
     path = write_json(out_path(args.out, "train_step.json"), {
         "benchmark": "train_step", "machine": info, "versions": versions("torch", "trl", "transformers", "accelerate"),
         "config": {k: v for k, v in vars(args).items() if k not in ("worker", "out")},

@@ -239,6 +239,8 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     """`distill-bench eval MODEL --tasks ...`: validate everything, then evaluate through the pipeline."""
+    import os
+
     import torch
     import yaml
 
@@ -295,6 +297,8 @@ def cmd_eval(args) -> int:
                             baseline_outputs=outputs, progress=not args.no_progress,
                             baseline_name=(base_spec.name or str(base_spec)) if base_spec is not None else None,
                             weights_from_checkpoint=True)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun every rank evaluated its share; rank 0 wrote the records and reports them
     if args.json:
         print(json.dumps(results, indent=2, default=str))
         return 0

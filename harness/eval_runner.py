@@ -6,6 +6,11 @@ module, and write `eval/<task>.jsonl` (one record per example) plus `eval/<task>
 the protocol serialized from what ran: resolved task definition, decoding, rules-file hashes).
 Teacher-forced diagnostics (held-out teacher KL, reference CE) ride along through
 `objectives.engine`'s chunked path. Nothing here knows a task by name.
+
+Under `torchrun` / `accelerate launch` every rank calls this together with the same model: each
+generates and scores its share of the examples (`harness.ranks.Shards`: whole generation batches of
+the one-process plan, so outputs are those of one process bit for bit), the shares are gathered on
+every rank, and rank 0 alone writes the files, each once and atomically.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from harness.config import EvalConfig, TaskConfig
 from harness.data import get_task, load_examples, prompt_renderer
 from harness.generation import HFGenerationBackend
 from harness.io import atomic_write_json, atomic_write_jsonl
+from harness.ranks import Shards
 from harness.tasks.contract import ScoreContext, generation_params, load_scorer, protocol_record
 
 
@@ -28,7 +34,7 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
                    data_dir: Path | None, teacher=None, baseline_outputs: dict[str, dict[str, str]] | None = None,
                    progress: bool = True, seed: int = 0, baseline_name: str | None = None,
                    logit_columns: int | None = None, weights_from_checkpoint: bool = False,
-                   is_baseline_model: bool = False) -> dict[str, Any]:
+                   is_baseline_model: bool = False, shards: Shards | None = None) -> dict[str, Any]:
     """Evaluate `model` on `tasks`; returns {task: aggregate, "diagnostics": {...}}.
 
     `baseline_outputs[task][example_id]` are a baseline model's outputs for tasks that declare
@@ -39,11 +45,14 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
     (a teacher or untrained baseline), so a vLLM engine built from that checkpoint needs no weight sync.
     `is_baseline_model`: `model` wrote those baseline outputs (a judged comparison is then 50% by
     construction; the scorer records it without asking the judge).
+    `shards`: this process's place in a process group (every rank calls this; rank 0 writes). The
+    return value is the same on every rank.
     """
     out_dir = Path(out_dir)
     eval_dir = out_dir / "eval"
-    backend = generation_backend(model, tokenizer, cfg, progress=progress, weights_from_checkpoint=weights_from_checkpoint,
-                                 seed=seed)
+    shards = shards or Shards()
+    backend = generation_backend(model, tokenizer, cfg, progress=progress and shards.is_writer,
+                                 weights_from_checkpoint=weights_from_checkpoint, seed=seed)
     results: dict[str, Any] = {}
     diag_rows: dict[str, dict[str, float]] = {}
     for tcfg in tasks:
@@ -56,32 +65,59 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
         t0 = time.perf_counter()
         gen_before = backend.generated_tokens
         backend.desc = f"eval {tcfg.name}"
-        outputs = backend.generate(prompts, params)
+        outputs = generate_shared(backend, prompts, params, shards)
         ctx = ScoreContext(task=task_def, task_cfg=tcfg, eval_cfg=cfg, examples=examples, prompts=prompts,
                            outputs=outputs, params=params, model=model, tokenizer=tokenizer, data_dir=data_dir,
                            seed=seed, baseline_outputs=(baseline_outputs or {}).get(tcfg.name),
-                           baseline_name=baseline_name, is_baseline_model=is_baseline_model)
+                           baseline_name=baseline_name, is_baseline_model=is_baseline_model, shards=shards)
         agg, rows = scorer.score(ctx)
         agg["wall_time_s"] = time.perf_counter() - t0
-        agg["generated_tokens"] = backend.generated_tokens - gen_before
+        agg["generated_tokens"] = shards.total(backend.generated_tokens - gen_before)
         agg["protocol"] = protocol_record(
             task_def, params, eval_source=tcfg.eval_source, data_dir=str(data_dir) if data_dir else None,
             limit=tcfg.eval_limit, n_examples=len(examples), **(agg.get("protocol") or {}))
         if cfg.diagnostics:
             diag = reference_diagnostics(model, teacher, tokenizer, examples[: cfg.diagnostics_limit], render,
-                                         logit_columns=logit_columns)
+                                         logit_columns=logit_columns, shards=shards)
             diag["mean_length"] = agg.get("mean_length")
             for key in ("distinct_1", "distinct_2", "self_bleu"):
                 if key in agg:
                     diag[key] = agg[key]
             diag_rows[tcfg.name] = diag
-        atomic_write_jsonl(eval_dir / f"{tcfg.name}.jsonl", rows)
-        atomic_write_json(eval_dir / f"{tcfg.name}.json", agg)
+        if shards.is_writer:  # each file whole, once, by one process: a retry replaces it, never appends
+            atomic_write_jsonl(eval_dir / f"{tcfg.name}.jsonl", rows)
+            atomic_write_json(eval_dir / f"{tcfg.name}.json", agg)
         results[tcfg.name] = agg
     if diag_rows:
         results["diagnostics"] = summarize_diagnostics(diag_rows)
-        atomic_write_json(eval_dir / "diagnostics.json", results["diagnostics"])
+        if shards.is_writer:
+            atomic_write_json(eval_dir / "diagnostics.json", results["diagnostics"])
     return results
+
+
+def generate_shared(backend, prompts: Sequence[str], params, shards: Shards) -> list:
+    """`backend.generate(prompts, params)`, each rank running its share, the result on every rank.
+
+    A backend with a batch plan (`HFGenerationBackend`) is split by whole batches of the plan one
+    process would run, so every row sees the same batch mates, padding and sampling seed: the
+    outputs equal one process's exactly. Other backends (vLLM, which batches continuously on its
+    own) are split by prompt.
+    """
+    if shards.world_size == 1:
+        return backend.generate(prompts, params)
+    if hasattr(backend, "plan") and hasattr(backend, "generate_batches"):
+        from harness.generation import merge_batches
+
+        plan = backend.plan(prompts, params)
+        done = shards.map(lambda mine: backend.generate_batches(prompts, params, mine, plan=plan), range(len(plan)))
+        return merge_batches(plan, done)
+    n = params.n
+
+    def by_prompt(mine: list[int]) -> list[list]:
+        outs = backend.generate([prompts[i] for i in mine], params)
+        return [outs[k * n : (k + 1) * n] for k in range(len(mine))]
+
+    return [o for outs in shards.map(by_prompt, range(len(prompts))) for o in outs]
 
 
 def generation_backend(model, tokenizer, cfg: EvalConfig, *, progress: bool, weights_from_checkpoint: bool,
@@ -98,16 +134,18 @@ def generation_backend(model, tokenizer, cfg: EvalConfig, *, progress: bool, wei
 
 
 def generate_baseline_outputs(model, tokenizer, task_cfg: TaskConfig, cfg: EvalConfig, data_dir: Path | None,
-                              progress: bool = True, weights_from_checkpoint: bool = True) -> dict[str, str]:
+                              progress: bool = True, weights_from_checkpoint: bool = True,
+                              shards: Shards | None = None) -> dict[str, str]:
     """A baseline model's outputs keyed by example id, decoded exactly as the evaluated models are
     (the pairwise judge's other side, or the teacher's answers an agreement metric compares with).
     Baselines are loaded from their checkpoints, so a vLLM engine needs no weight sync by default."""
     task_def = get_task(task_cfg.name)
     examples = load_examples(task_def, "eval", source=task_cfg.eval_source, limit=task_cfg.eval_limit, data_dir=data_dir, seed=0)
     render = prompt_renderer(task_def, tokenizer)
-    backend = generation_backend(model, tokenizer, cfg, progress=progress, weights_from_checkpoint=weights_from_checkpoint,
-                                 desc=f"baseline outputs {task_cfg.name}")
-    outs = backend.generate([render(ex) for ex in examples], generation_params(task_def, cfg, 0))
+    shards = shards or Shards()
+    backend = generation_backend(model, tokenizer, cfg, progress=progress and shards.is_writer,
+                                 weights_from_checkpoint=weights_from_checkpoint, desc=f"baseline outputs {task_cfg.name}")
+    outs = generate_shared(backend, [render(ex) for ex in examples], generation_params(task_def, cfg, 0), shards)
     return {ex.id: o.text.strip() for ex, o in zip(examples, outs)}
 
 
@@ -127,13 +165,16 @@ def summarize_diagnostics(per_task: dict[str, dict[str, float]]) -> dict[str, An
 
 @torch.no_grad()
 def reference_diagnostics(model, teacher, tokenizer, examples, render, max_tokens: int = 256, *,
-                          logit_columns: int | None = None, chunk_size: int = 128) -> dict[str, float]:
+                          logit_columns: int | None = None, chunk_size: int = 128,
+                          shards: Shards | None = None) -> dict[str, float]:
     """Teacher-forced on held-out references: student per-token CE and mean KL(p_T || p_S).
 
     These separate objectives even when a CPU-sized run leaves benchmark scores near zero. The
     loss goes through the training stage's own path (`objectives.engine.chunked_loss` with the
     `sft` objective, whose per-token loss is the CE; the engine's KL statistic is KL(p_T||p_S)) on
-    the same sliced heads, `chunk_size` positions at a time, so memory stays bounded.
+    the same sliced heads, `chunk_size` positions at a time, so memory stays bounded. Under a
+    process group each rank computes its share of the 4-sequence batches; the per-batch sums are
+    added in batch order, exactly as one process adds them.
     """
     from harness.generation import encode_prompts
     from harness.modeling.batching import TokenSequence, collate
@@ -158,25 +199,32 @@ def reference_diagnostics(model, teacher, tokenizer, examples, render, max_token
         return {}
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ce_sum = kl_sum = 0.0
-    n = 0
-    was_training = model.training
-    model.eval()
     ce = build_objective("sft", {})
     s_head = sliced_head(lm_head(model), logit_columns)
     t_head = sliced_head(lm_head(teacher), logit_columns) if teacher is not None else None
-    try:
-        for i in range(0, len(seqs), 4):
-            batch = collate(seqs[i : i + 4], pad_id).to(device)
-            t_hidden = loss_hidden_states(teacher, batch) if teacher is not None else None
-            res = chunked_loss(ce, {}, loss_hidden_states(model, batch), s_head, t_hidden, t_head, batch.targets,
-                               chunk_size=chunk_size)
-            ce_sum += float(res.loss_sum)
-            if teacher is not None:
-                kl_sum += res.kl_sum
-            n += batch.n_loss_tokens
-    finally:
-        model.train(was_training)
+
+    def batch_sums(starts: list[int]) -> list[tuple[float, float, int]]:
+        sums = []
+        was_training = model.training
+        model.eval()
+        try:
+            for i in starts:
+                batch = collate(seqs[i : i + 4], pad_id).to(device)
+                t_hidden = loss_hidden_states(teacher, batch) if teacher is not None else None
+                res = chunked_loss(ce, {}, loss_hidden_states(model, batch), s_head, t_hidden, t_head, batch.targets,
+                                   chunk_size=chunk_size)
+                sums.append((float(res.loss_sum), res.kl_sum if teacher is not None else 0.0, batch.n_loss_tokens))
+        finally:
+            model.train(was_training)
+        return sums
+
+    ce_sum = kl_sum = 0.0
+    n = 0
+    for loss_sum, batch_kl, tokens in (shards or Shards()).map(batch_sums, range(0, len(seqs), 4)):
+        ce_sum += loss_sum
+        if teacher is not None:
+            kl_sum += batch_kl
+        n += tokens
     out = {"ref_ce": ce_sum / n, "ref_tokens": n}
     if teacher is not None:
         out["teacher_kl"] = kl_sum / n

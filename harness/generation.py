@@ -151,28 +151,47 @@ class HFGenerationBackend:
         self.desc = desc
         self.generated_tokens = 0  # running count, for cost accounting
 
-    @torch.no_grad()
     def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[GenerationOutput]:
+        plan = self.plan(prompts, params)
+        done = self.generate_batches(prompts, params, range(len(plan)), plan=plan)
+        return merge_batches(plan, done)
+
+    def plan(self, prompts: Sequence[str], params: GenerationParams) -> list[list[tuple[int, int]]]:
+        """The generate calls `generate` makes, in order: each a list of (prompt index, sample index).
+
+        Prompts are expanded for n samples, then bucketed by length so little compute goes to
+        padding. A batch's outputs depend only on its own rows and its index (the sampling seed), so
+        running any subset of these batches elsewhere (`generate_batches`, e.g. one share per rank)
+        gives exactly the outputs `generate` would.
+        """
+        lengths = [len(x) for x in encode_prompts(self.tokenizer, prompts, params.max_prompt_tokens)]
+        jobs = [(i, j) for i in range(len(prompts)) for j in range(params.n)]
+        order = sorted(range(len(jobs)), key=lambda k: (lengths[jobs[k][0]], k))
+        return [[jobs[k] for k in order[s : s + self.batch_size]] for s in range(0, len(order), self.batch_size)]
+
+    @torch.no_grad()
+    def generate_batches(self, prompts: Sequence[str], params: GenerationParams, batch_indices: Sequence[int], *,
+                         plan: list[list[tuple[int, int]]] | None = None) -> list[list[GenerationOutput]]:
+        """Run the batches `batch_indices` of `plan(prompts, params)`; one output list per batch, in
+        the batch's row order."""
         tok = self.tokenizer
+        plan = plan if plan is not None else self.plan(prompts, params)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         eos_ids = eos_token_ids(self.model, tok)
         prompt_ids = encode_prompts(tok, prompts, params.max_prompt_tokens)
-        # Expand for n samples, then bucket by length so little compute goes to padding.
-        jobs = [(i, j) for i in range(len(prompts)) for j in range(params.n)]
-        order = sorted(range(len(jobs)), key=lambda k: (len(prompt_ids[jobs[k][0]]), k))
-        results: dict[int, GenerationOutput] = {}
+        done: list[list[GenerationOutput]] = []
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
-        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
-        iterator = batches
+        iterator = list(batch_indices)
         if self.progress:
             from tqdm.auto import tqdm
 
-            iterator = tqdm(batches, desc=self.desc, leave=False, unit="batch")
+            iterator = tqdm(iterator, desc=self.desc, leave=False, unit="batch")
         try:
-            for b_idx, batch in enumerate(iterator):
-                seqs = [prompt_ids[jobs[k][0]] for k in batch]
+            for b_idx in iterator:
+                batch = plan[b_idx]
+                seqs = [prompt_ids[i] for i, _ in batch]
                 input_ids, mask = left_pad(seqs, pad_id)
                 kwargs = dict(
                     input_ids=input_ids.to(device),
@@ -184,6 +203,7 @@ class HFGenerationBackend:
                 )
                 if params.temperature > 0:
                     kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+                    # Seeded by the batch's place in the plan, not by who runs it.
                     torch.manual_seed(_batch_seed(params.seed, b_idx))
                 else:
                     kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -196,18 +216,29 @@ class HFGenerationBackend:
                         [StopOnStrings(tok, params.stop, prompt_width=input_ids.shape[1])])
                 out = self.model.generate(**kwargs)
                 gen = out[:, input_ids.shape[1]:].tolist()
-                for row, k in enumerate(batch):
+                outs = []
+                for row, (i, j) in enumerate(batch):
                     ids = _strip_trailing_pad(gen[row], pad_id, eos_ids)
                     text, kept, reason = truncate_at_stop(tok, ids, params.stop, eos_ids)
                     self.generated_tokens += len(kept)
-                    i, j = jobs[k]
-                    results[k] = GenerationOutput(
+                    outs.append(GenerationOutput(
                         prompt=prompts[i], text=text, token_ids=kept, prompt_ids=list(prompt_ids[i]),
                         finish_reason=reason, sample_index=j,
-                    )
+                    ))
+                done.append(outs)
         finally:
             self.model.train(was_training)
-        return [results[k] for k in range(len(jobs))]
+        return done
+
+
+def merge_batches(plan: list[list[tuple[int, int]]], done: Sequence[Sequence[GenerationOutput]]) -> list[GenerationOutput]:
+    """Every batch's outputs (`done[b]` for `plan[b]`) back in `generate`'s order: prompt-major, n per prompt."""
+    if len(done) != len(plan):
+        raise ValueError(f"{len(done)} batches of outputs for a plan of {len(plan)}")
+    by_job: dict[tuple[int, int], GenerationOutput] = {}
+    for batch, outs in zip(plan, done):
+        by_job.update(zip(batch, outs))
+    return [by_job[job] for job in sorted(by_job)]
 
 
 class StopOnStrings:

@@ -131,14 +131,25 @@ def run_training(cfg: RunConfig, run_dir: Path, *, max_steps: int | None = None,
 def evaluate_cell(model, tokenizer, task_cfgs: list[TaskConfig], eval_cfg: EvalConfig, out_dir: Path, *,
                   data_dir: Path | None, teacher=None, baseline_outputs=None, progress: bool = True, seed: int = 0,
                   baseline_name: str | None = None, logit_columns: int | None = None,
-                  weights_from_checkpoint: bool = False, is_baseline_model: bool = False) -> dict[str, Any]:
-    """`distill-bench eval` and a suite cell's evaluation: every task's protocol, records and diagnostics."""
+                  weights_from_checkpoint: bool = False, is_baseline_model: bool = False, dist=None) -> dict[str, Any]:
+    """`distill-bench eval` and a suite cell's evaluation: every task's protocol, records and diagnostics.
+
+    Under `torchrun` / `accelerate launch` (`dist`: the process group, default this process's) every
+    rank calls this with the same model: each evaluates its share, rank 0 writes the files."""
     from harness.eval_runner import evaluate_model
 
     return evaluate_model(model, tokenizer, task_cfgs, eval_cfg, out_dir, data_dir=data_dir, teacher=teacher,
                           baseline_outputs=baseline_outputs, progress=progress, seed=seed, baseline_name=baseline_name,
                           logit_columns=logit_columns, weights_from_checkpoint=weights_from_checkpoint,
-                          is_baseline_model=is_baseline_model)
+                          is_baseline_model=is_baseline_model, shards=eval_shards(dist))
+
+
+def eval_shards(dist=None):
+    """The evaluation's split over the process group (`harness.ranks`); one process outside torchrun."""
+    from harness.ranks import Shards
+    from harness.training.distributed import init_distributed
+
+    return Shards(dist or init_distributed())
 
 
 def baseline_source(task_name: str, eval_cfg: EvalConfig) -> str | None:
@@ -150,8 +161,10 @@ def baseline_source(task_name: str, eval_cfg: EvalConfig) -> str | None:
 
 
 def baseline_outputs(model, tokenizer, task_cfg: TaskConfig, eval_cfg: EvalConfig, data_dir: Path | None,
-                     progress: bool = True) -> dict[str, str]:
-    """A baseline model's outputs on the task's eval prompts (example id -> text)."""
+                     progress: bool = True, dist=None) -> dict[str, str]:
+    """A baseline model's outputs on the task's eval prompts (example id -> text); under a process
+    group every rank calls this, each generates its share, every rank gets all of them."""
     from harness.eval_runner import generate_baseline_outputs
 
-    return generate_baseline_outputs(model, tokenizer, task_cfg, eval_cfg, data_dir, progress=progress)
+    return generate_baseline_outputs(model, tokenizer, task_cfg, eval_cfg, data_dir, progress=progress,
+                                     shards=eval_shards(dist))

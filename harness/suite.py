@@ -249,8 +249,8 @@ class SuiteRunner:
         from harness.training.distributed import init_distributed
 
         self.cfg = cfg
-        # Under torchrun every rank runs every cell: training is data-parallel across ranks; rank 0
-        # alone evaluates and writes (one writer per file), the others wait for it at a barrier.
+        # Under torchrun every rank runs every cell: training is data-parallel across ranks, evaluation
+        # split across them (`harness.ranks`); rank 0 alone writes (one writer per file).
         self.dist = dist or init_distributed()
         self.results_dir = Path(results_root) / cfg.name
         self.data_dir = data_dir or cfg.data_dir
@@ -438,8 +438,6 @@ class SuiteRunner:
         tt = self.task_teacher(cell.task)
         teacher, teacher_tok = self.teacher(cell.task)
         train_summary: dict[str, Any] = {}
-        if cell.kind == "baseline" and not self.dist.is_main:
-            return {}  # rank 0 evaluates the baseline alone; run_cell's barrier waits for it
         if cell.kind == "baseline":
             if cell.objective == "teacher":
                 model, tok = teacher, teacher_tok
@@ -464,8 +462,7 @@ class SuiteRunner:
                 train_summary = result.summary
                 model = result.student
             tok = teacher_tok
-            if not self.dist.is_main:
-                return {}  # rank 0 evaluates the trained student; run_cell's barrier waits for it
+        # Every rank from here on: each evaluates its share; rank 0 writes (evaluate_cell, commit_cell).
         t_eval = time.perf_counter()
         eval_task = task_cfg
         if baseline_outputs is None:
@@ -474,7 +471,7 @@ class SuiteRunner:
                                 baseline_outputs=baseline_outputs, progress=self.progress, seed=cell.seed,
                                 baseline_name=self._baseline_name(cell.task),
                                 weights_from_checkpoint=cell.kind == "baseline",
-                                is_baseline_model=wrote_baseline_summaries(cell, self.cfg))
+                                is_baseline_model=wrote_baseline_summaries(cell, self.cfg), dist=self.dist)
         eval_wall = time.perf_counter() - t_eval
         telemetry = cdir / "train" / "telemetry.jsonl"
         record = {
@@ -492,7 +489,8 @@ class SuiteRunner:
             },
             "stability": stability_summary(telemetry) if telemetry.exists() else {},
             # Provenance: processes that trained this cell (data parallel) and that evaluated it.
-            "world_size": {"train": int(train_summary.get("world_size", 1)) if cell.kind == "trained" else 0, "eval": 1},
+            "world_size": {"train": int(train_summary.get("world_size", 1)) if cell.kind == "trained" else 0,
+                           "eval": self.dist.world_size},
             "train_events": list(train_summary.get("resume_events") or []),
             **({"teacher": tt.provenance} if cell.teacher else {}),
             "metrics": metrics,
@@ -504,7 +502,7 @@ class SuiteRunner:
             msg = f"telemetry has {steps} rows for {record['cost']['optimizer_steps']} optimizer steps"
             record["train_events"].append(msg)
             print(f"warning: {cell.cell_id}: {msg}", file=sys.stderr)
-        if telemetry.exists():
+        if telemetry.exists() and self.dist.is_main:
             # The report reads telemetry beside cell.json.
             import shutil
 
@@ -539,13 +537,19 @@ class SuiteRunner:
         if baseline_source_of(task, self.cfg.eval) in (None, "references"):
             return None
         path = self.baseline_outputs_path(task)
-        if path.exists():
+        cached = None
+        if self.dist.is_main and path.exists():
             try:
-                return {task: read_json(path)}
+                cached = read_json(path)
             except (OSError, ValueError) as exc:
                 print(f"warning: {path} is unreadable ({type(exc).__name__}); regenerating it", file=sys.stderr)
+        # Rank 0's file decides for every rank (all generate together, or none does).
+        cached = self.dist.broadcast_object(cached)
+        if cached is not None:
+            return {task: cached}
         outputs = self.generate_baseline_outputs(task)
-        atomic_write_json(path, outputs)
+        if self.dist.is_main:
+            atomic_write_json(path, outputs)
         return {task: outputs}
 
     def baseline_outputs_path(self, task: str) -> Path:
@@ -569,7 +573,8 @@ class SuiteRunner:
         else:
             model, tok = load_model(self.cfg.student, teacher=self.task_teacher(task).spec, dtype=torch.float32,
                                     device=str(pick_device()))
-        return baseline_outputs(model, tok, task_cfg, self.cfg.eval, resolve_data_dir(self.data_dir), progress=self.progress)
+        return baseline_outputs(model, tok, task_cfg, self.cfg.eval, resolve_data_dir(self.data_dir), progress=self.progress,
+                                dist=self.dist)
 
 
 def baseline_source_of(task: str, eval_cfg) -> str | None:

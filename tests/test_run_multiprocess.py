@@ -1,4 +1,9 @@
-"""`distill-bench run` under `torchrun --nproc_per_node 2` (gloo, CPU) gives the 1-process leaderboard."""
+"""`distill-bench run` under `torchrun --nproc_per_node 2` (gloo, CPU) gives the 1-process leaderboard.
+
+Both ranks train every cell (data parallel) and evaluate their share of its examples; rank 0 alone
+writes. The per-example records must equal the 1-process run's, and rank 1 must write nothing under
+the results (checked by tests/rank_write_guard.py, an audit hook on rank 1).
+"""
 
 from __future__ import annotations
 
@@ -34,14 +39,15 @@ def _suite(tmp_path: Path, model_dir: Path) -> Path:
         "teacher": {"name": str(model_dir)},
         "student": {"derive_from": "teacher", "keep_layers": [0, 3]},
         "tasks": [{"name": "gsm8k", "train_source": f"file:{gsm}", "eval_source": f"file:{gsm}",
-                   "train_limit": 8, "eval_limit": 4}],
+                   "train_limit": 8, "eval_limit": 8}],
         # Ground-truth sequences: sampled rollouts are drawn per process, so on-policy cells are
         # equal in distribution, not bit for bit, across process counts.
         "objectives": [{"name": "sft"}, {"name": "supervised_kd"}],
         "seeds": [0],
         "train": {"lr": 1e-3, "epochs": 1, "batch_size": 4, "micro_batch_size": 1, "max_new_tokens": 6,
                   "max_prompt_tokens": 96, "max_response_tokens": 24, "precision": "fp32"},
-        "eval": {"batch_size": 4, "gsm8k": {"max_new_tokens": 8}, "diagnostics_limit": 2},
+        # 8 examples in batches of 2 and 2 diagnostic batches of 4: each rank gets a share of both.
+        "eval": {"batch_size": 2, "gsm8k": {"max_new_tokens": 8}, "diagnostics_limit": 8},
         "baselines": ["teacher"],
     }
     path = tmp_path / "tiny2.yaml"
@@ -49,9 +55,9 @@ def _suite(tmp_path: Path, model_dir: Path) -> Path:
     return path
 
 
-def _run(launcher: list[str], suite: Path, out: Path) -> None:
+def _run(launcher: list[str], suite: Path, out: Path, module: bool = True) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MASTER_ADDR": "127.0.0.1"}
-    cmd = [*launcher, "-m", "harness.cli", "run", str(suite), "--results-dir", str(out / "results"),
+    cmd = [*launcher, *(["-m"] if module else []), "harness.cli", "run", str(suite), "--results-dir", str(out / "results"),
            "--leaderboards-dir", str(out / "boards"), "--no-progress"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -61,8 +67,11 @@ def _run(launcher: list[str], suite: Path, out: Path) -> None:
 def test_two_process_run_gives_the_one_process_leaderboard(tiny_model_dir, tmp_path):
     suite = _suite(tmp_path, tiny_model_dir)
     _run([sys.executable], suite, tmp_path / "p1")
+    guard = tmp_path / "guard"
+    guard.mkdir()
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-          f"--master_port={_free_port()}"], suite, tmp_path / "p2")
+          f"--master_port={_free_port()}", "-m", "tests.rank_write_guard", str(guard), str(tmp_path / "p2")],
+         suite, tmp_path / "p2", module=False)
 
     one, two = (leaderboard_frame(tmp_path / p / "results" / "tiny2") for p in ("p1", "p2"))
     stable = lambda f: f[~f["metric"].str.lower().str.contains("|".join(VOLATILE))].reset_index(drop=True)  # noqa: E731
@@ -80,9 +89,26 @@ def test_two_process_run_gives_the_one_process_leaderboard(tiny_model_dir, tmp_p
     for p, ws in (("p1", 1), ("p2", 2)):
         cells = {c.parent.name: json.loads(c.read_text()) for c in (tmp_path / p / "results" / "tiny2").glob("cells/*/cell.json")}
         assert sorted(cells) == ["gsm8k__sft__s0", "gsm8k__supervised_kd__s0", "gsm8k__teacher"]
-        assert cells["gsm8k__sft__s0"]["world_size"] == {"train": ws, "eval": 1}
-        assert cells["gsm8k__teacher"]["world_size"] == {"train": 0, "eval": 1}
+        assert cells["gsm8k__sft__s0"]["world_size"] == {"train": ws, "eval": ws}
+        assert cells["gsm8k__teacher"]["world_size"] == {"train": 0, "eval": ws}
         assert cells["gsm8k__sft__s0"]["cost"]["optimizer_steps"] == 2
     # One writer: the 2-process run wrote exactly one telemetry row per step.
     rows = (tmp_path / "p2" / "results" / "tiny2" / "cells" / "gsm8k__sft__s0" / "telemetry.jsonl").read_text().splitlines()
     assert len(rows) == 2
+
+    # Per-example records: the same outputs, in the same order, once each. The teacher cell's weights
+    # are the same in both runs, so its records must match exactly; the trained cells' weights differ
+    # only by the rounding of summing gradients in another order, which moves no greedy token here.
+    for cell in ("gsm8k__teacher", "gsm8k__sft__s0", "gsm8k__supervised_kd__s0"):
+        recs = [[json.loads(line) for line in (tmp_path / p / "results" / "tiny2" / "cells" / cell / "eval" / "gsm8k.jsonl")
+                 .read_text().splitlines()] for p in ("p1", "p2")]
+        assert len(recs[0]) == 8 and [r["id"] for r in recs[0]] == [r["id"] for r in recs[1]], cell
+        assert len({r["id"] for r in recs[1]}) == 8, cell
+        for a, b in zip(*recs):
+            assert {k: a[k] for k in ("output", "extracted", "correct", "output_tokens", "finish_reason")} == \
+                {k: b[k] for k in ("output", "extracted", "correct", "output_tokens", "finish_reason")}, (cell, a["id"])
+
+    # Rank 1 trained and evaluated but wrote nothing under the results or leaderboards.
+    log = (guard / "rank1_writes.txt").read_text().splitlines()
+    assert log[0] == "guard active", log
+    assert log[1:] == [], log[1:20]

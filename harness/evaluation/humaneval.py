@@ -6,7 +6,7 @@ import gzip
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from harness.evaluation.code_clean import clean_completion
 from harness.evaluation.passk import pass_at_k
@@ -36,6 +36,7 @@ def evaluate_humaneval(
     limits: SandboxLimits | None = None,
     timeout_s: float = 5.0,
     clean: bool = True,
+    map_jobs: Callable[[Callable[[list], list], list], list] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score completions; returns (aggregate, per-problem rows).
 
@@ -54,6 +55,8 @@ def evaluate_humaneval(
     timeout, evidence_forged, error) and `protocol` with the sandbox limits, the confinement
     actually in effect and the timeout.
     Rows: {id, completions, passed: [bool], n, c, status: [str], detail: [str]}.
+    `map_jobs(run, jobs)`: how the list of sandbox jobs is run (default `run(jobs)`); the evaluation
+    passes `harness.ranks.Shards.map` so each process of a group runs its share, results in order.
     """
     limits = limits or SandboxLimits()
     by_id = _align(problems, completions_per_problem)
@@ -63,7 +66,10 @@ def evaluate_humaneval(
         for completion in by_id[i]:
             jobs.append(_job(problem, completion, clean))
             owners.append(i)
-    results = run_many_tests(jobs, workers=workers, timeout_s=timeout_s, limits=limits)
+    def run(share: list[ScoringJob]) -> list:
+        return run_many_tests(share, workers=workers, timeout_s=timeout_s, limits=limits)
+
+    results = map_jobs(run, jobs) if map_jobs is not None else run(jobs)
 
     rows: list[dict[str, Any]] = [
         {"id": p["task_id"], "completions": list(by_id[i]), "passed": [], "status": [], "detail": []}

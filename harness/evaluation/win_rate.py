@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 from harness.evaluation.judges import Judge, Verdict
 
@@ -38,6 +38,7 @@ def pairwise_win_rate(
     judge: Judge,
     order: Literal["random", "both"] = "random",
     seed: int = 0,
+    map_items: Callable[[Callable[[list], list], list], list] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Judge every item; returns (aggregate, rows).
 
@@ -45,21 +46,29 @@ def pairwise_win_rate(
     (passed to the judge, needed by `RougeJudge`) are optional.
     Aggregate: win_rate, win_rate_se, wins, ties, losses, malformed, n (all items), n_judged, protocol.
     Rows: {id, output, baseline_output, verdict, score, judgements: [{student_position, verdict}]}.
+    `map_items(fn, items)`: how the judge calls are run (default `fn(items)`); the evaluation passes
+    `harness.ranks.Shards.map` so each process of a group judges its share. The positions are drawn
+    first, in item order, so they do not depend on who judges which item.
     """
     if order not in ("random", "both"):
         raise ValueError(f"order must be 'random' or 'both', got {order!r}")
     rng = random.Random(seed)
+    placed = [(item, [rng.random() < 0.5] if order == "random" else [True, False])  # True: the student is A
+              for item in items]
+
+    def verdicts(share: list) -> list[list]:
+        out = []
+        for item, positions in share:
+            student, baseline = item["output"], item["baseline_output"]
+            out.append([judge.judge(item["dialogue"], *((student, baseline) if student_is_a else (baseline, student)),
+                                    references=tuple(item.get("references") or ())) for student_is_a in positions])
+        return out
+
+    judged = map_items(verdicts, placed) if map_items is not None else verdicts(placed)
     rows: list[dict[str, Any]] = []
-    for idx, item in enumerate(items):
-        if order == "random":
-            positions = [rng.random() < 0.5]  # True: the student is summary A
-        else:
-            positions = [True, False]
+    for idx, ((item, positions), item_verdicts) in enumerate(zip(placed, judged)):
         judgements, scores = [], []
-        student, baseline = item["output"], item["baseline_output"]
-        for student_is_a in positions:
-            a, b = (student, baseline) if student_is_a else (baseline, student)
-            verdict = judge.judge(item["dialogue"], a, b, references=tuple(item.get("references") or ()))
+        for student_is_a, verdict in zip(positions, item_verdicts):
             outcome = outcome_for_student(verdict, student_is_a)
             judgements.append(
                 {"student_position": "A" if student_is_a else "B", "verdict": verdict, "outcome": outcome})

@@ -18,8 +18,11 @@ A task's YAML names its scoring module (`scorer: package.module`). The module pr
                                                                beyond its sources, checked before any model loads
 
 The driver generates (`ctx.outputs`, n per prompt, prompt-major, with `ctx.params`), the module
-scores. The recorded protocol is built here from what ran: the resolved task definition, the
-generation settings used, the rules files' hashes, and the scorer's own additions.
+scores. Under a process group every rank calls `score` with the same context; per-example work that
+costs (running code, asking a judge) goes through `ctx.shards.map` so each rank does its share, and
+work that cannot be split through `ctx.shards.on_writer`; only rank 0 writes what `score` returns.
+The recorded protocol is built here from what ran: the resolved task definition, the generation
+settings used, the rules files' hashes, and the scorer's own additions.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 from harness.data.taskdef import TaskDef
 from harness.errors import ConfigError
 from harness.generation import GenerationOutput, GenerationParams
+from harness.ranks import Shards
 
 
 @dataclass
@@ -56,6 +60,7 @@ class ScoreContext:
     baseline_name: str | None = None  # which model wrote them (recorded in the protocol)
     is_baseline_model: bool = False  # the evaluated model is the one that wrote the baseline outputs
     extra: dict[str, Any] = field(default_factory=dict)
+    shards: Shards = field(default_factory=Shards)  # this process's share of the work (one process: all of it)
 
     def samples(self, i: int) -> list[GenerationOutput]:
         """The `params.n` outputs of prompt i."""

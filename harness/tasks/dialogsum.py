@@ -65,7 +65,9 @@ def score(ctx: ScoreContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         # The baseline's own model against its own summaries: 50% by construction, no judge calls.
         wr, verdict_rows = self_comparison(items, order=ds.judge.order, seed=ds.judge.seed)
     elif items:
-        wr, verdict_rows = pairwise_win_rate(items, build_judge(ctx.eval_cfg), order=ds.judge.order, seed=ds.judge.seed)
+        # Each rank asks the judge about its share of the items (an HF judge is loaded on every rank).
+        wr, verdict_rows = pairwise_win_rate(items, build_judge(ctx.eval_cfg), order=ds.judge.order, seed=ds.judge.seed,
+                                             map_items=ctx.shards.map)
     if items:
         by_id = {v["id"]: v for v in verdict_rows}
         for r in rows:

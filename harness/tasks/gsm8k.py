@@ -68,7 +68,8 @@ def score(ctx: ScoreContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                      "excluded_no_gold_answer": len(rows) - n},
     }
     if "lm_eval" in ctx.eval_cfg.gsm8k.protocols:
-        agg["lm_eval"] = _lm_eval(ctx)
+        # lm-eval drives its own requests and batching: rank 0 runs it whole, the others receive its result.
+        agg["lm_eval"] = ctx.shards.on_writer(lambda: _lm_eval(ctx))
     return agg, rows
 
 

@@ -37,7 +37,9 @@ def score(ctx: ScoreContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         d2.append(distinct_n(samples, 2))
         if len(samples) > 1:
             sb.append(self_bleu(samples))
-    agg, rows = evaluate_humaneval(problems, completions, k_list=he.k, workers=he.workers, timeout_s=he.timeout_s)
+    # Each rank runs its share of the sandboxed programs; every rank gets all results back in order.
+    agg, rows = evaluate_humaneval(problems, completions, k_list=he.k, workers=he.workers, timeout_s=he.timeout_s,
+                                   map_jobs=ctx.shards.map)
     agg["distinct_1"] = sum(d1) / len(d1) if d1 else None
     agg["distinct_2"] = sum(d2) / len(d2) if d2 else None
     agg["self_bleu"] = sum(sb) / len(sb) if sb else None
