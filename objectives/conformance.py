@@ -281,6 +281,16 @@ def _heads(v: int, h: int, ht: int, seed: int, dtype: torch.dtype = torch.float3
     return student, teacher
 
 
+def _head_case(n: int, v: int, h: int, ht: int, seed: int, device: str = "cpu"):
+    """A hidden-state problem for the engine checks: student/teacher heads (seed), student hidden
+    states requiring grad (seed+1), teacher hidden states (seed+2), targets (seed+3)."""
+    head, t_head = (m.to(device) for m in _heads(v, h, ht, seed))
+    hidden = torch.randn(n, h, generator=_gen(seed + 1)).to(device).requires_grad_()
+    t_hidden = torch.randn(n, ht, generator=_gen(seed + 2)).to(device)
+    y = synthetic_targets(n, v, seed + 3).to(device)
+    return head, t_head, hidden, t_hidden, y
+
+
 def check_chunked_matches_dense(obj: Objective) -> CheckResult:
     """chunked_loss == dense_loss within 1e-5 (fp32): loss, stats, grads (hidden, head weight, bias)."""
     name = "chunked_matches_dense"
@@ -288,10 +298,7 @@ def check_chunked_matches_dense(obj: Objective) -> CheckResult:
     def run() -> CheckResult:
         n, v, h, ht = 37, 50, 16, 24
         sched = mid_sched(obj)
-        head, t_head = _heads(v, h, ht, 21)
-        hidden = torch.randn(n, h, generator=_gen(22)).requires_grad_()
-        t_hidden = torch.randn(n, ht, generator=_gen(23))
-        y = synthetic_targets(n, v, 24)
+        head, t_head, hidden, t_hidden, y = _head_case(n, v, h, ht, 21)
         params = [hidden, head.weight, head.bias]
         ref = dense_loss(obj, sched, head(hidden), t_head(t_hidden).detach(), y)
         ref_grads = torch.autograd.grad(ref.loss_sum, params)
@@ -490,10 +497,7 @@ def check_chunked_memory(
     def run() -> CheckResult:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         sched = mid_sched(obj)
-        head, t_head = (m.to(device) for m in _heads(vocab, hidden_size, hidden_size, 61))
-        hidden = torch.randn(n, hidden_size, generator=_gen(62)).to(device).requires_grad_()
-        t_hidden = torch.randn(n, hidden_size, generator=_gen(63)).to(device)
-        y = synthetic_targets(n, vocab, 64).to(device)
+        head, t_head, hidden, t_hidden, y = _head_case(n, vocab, hidden_size, hidden_size, 61, device)
 
         def dense() -> None:
             with torch.no_grad():
@@ -562,10 +566,7 @@ def check_weight_one_identity(obj: Objective) -> CheckResult:
     def run() -> CheckResult:
         n, v, h, ht = 29, 41, 16, 24
         sched = mid_sched(obj)
-        head, t_head = _heads(v, h, ht, 61)
-        hidden = torch.randn(n, h, generator=_gen(62)).requires_grad_()
-        t_hidden = torch.randn(n, ht, generator=_gen(63))
-        y = synthetic_targets(n, v, 64)
+        head, t_head, hidden, t_hidden, y = _head_case(n, v, h, ht, 61)
         ones = RowInfo(weight=torch.ones(n))
         params = [hidden, head.weight, head.bias]
         problems = []
@@ -611,10 +612,8 @@ def check_row_weights_invariance(obj: Objective) -> CheckResult:
         seq_id, seg_id = _step_rows(9, 71)
         n, v, h, ht = len(seq_id), 37, 16, 24
         sched = mid_sched(obj)
-        head, t_head = _heads(v, h, ht, 72)
-        hidden = torch.randn(n, h, generator=_gen(73)).requires_grad_()
-        t_hidden = torch.randn(n, ht, generator=_gen(74)) * 2
-        y = synthetic_targets(n, v, 75)
+        head, t_head, hidden, t_hidden, y = _head_case(n, v, h, ht, 72)
+        t_hidden = t_hidden * 2
         rows = RowInfo(seq_id=seq_id, segment_id=seg_id)
         problems = []
         whole = row_token_stats(obj, sched, hidden, head, t_hidden, t_head, y, chunk_size=n, rows=rows)
