@@ -64,6 +64,7 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
         params = generation_params(task_def, cfg, seed)
         t0 = time.perf_counter()
         gen_before = backend.generated_tokens
+        splits_before = getattr(backend, "oom_splits", 0)
         backend.desc = f"eval {tcfg.name}"
         outputs = generate_shared(backend, prompts, params, shards)
         ctx = ScoreContext(task=task_def, task_cfg=tcfg, eval_cfg=cfg, examples=examples, prompts=prompts,
@@ -73,6 +74,10 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
         agg, rows = scorer.score(ctx)
         agg["wall_time_s"] = time.perf_counter() - t0
         agg["generated_tokens"] = shards.total(backend.generated_tokens - gen_before)
+        if getattr(backend, "last_batch_size", None) is not None:  # a batch plan ran (vLLM batches on its own)
+            # What ran, for the record, outside the protocol: cells at other batch sizes stay comparable.
+            agg["batch_size"] = backend.last_batch_size  # `auto` resolved; one size on every rank
+            agg["oom_splits"] = shards.total(backend.oom_splits - splits_before)
         agg["protocol"] = protocol_record(
             task_def, params, eval_source=tcfg.eval_source, data_dir=str(data_dir) if data_dir else None,
             limit=tcfg.eval_limit, n_examples=len(examples), **(agg.get("protocol") or {}))
@@ -108,7 +113,7 @@ def generate_shared(backend, prompts: Sequence[str], params, shards: Shards) -> 
     if hasattr(backend, "plan") and hasattr(backend, "generate_batches"):
         from harness.generation import merge_batches
 
-        plan = backend.plan(prompts, params)
+        plan = backend.plan(prompts, params, agree=shards.minimum)  # `auto`: one size, every rank's plan the same
         done = shards.map(lambda mine: backend.generate_batches(prompts, params, mine, plan=plan), range(len(plan)))
         return merge_batches(plan, done)
     n = params.n
@@ -124,7 +129,8 @@ def generation_backend(model, tokenizer, cfg: EvalConfig, *, progress: bool, wei
                        seed: int = 0, desc: str = "generate"):
     """The evaluation's generator: HF `generate`, or a vLLM engine holding `model`'s weights."""
     if cfg.backend != "vllm":
-        return HFGenerationBackend(model, tokenizer, batch_size=cfg.batch_size, progress=progress, desc=desc)
+        return HFGenerationBackend(model, tokenizer, batch_size=cfg.batch_size, progress=progress, desc=desc,
+                                   setting="eval.batch_size")
     from harness.vllm_backend import VLLMGenerationBackend
 
     return VLLMGenerationBackend.for_model(
