@@ -178,13 +178,23 @@ def resolve_batch_size(setting_value: BatchSetting, model: Any, *, longest_promp
             raise ValueError(f"{setting}: give a positive integer or `auto`, got {setting_value!r}")
         return setting_value
     try:
-        device = next(model.parameters()).device
-    except (StopIteration, AttributeError, TypeError):
-        device = torch.device("cpu")
-    free = available_memory_bytes(device)
-    if free is None:
-        size = min(FALLBACK_BATCH, max(1, rows))
-    else:
-        size = auto_batch_size(free, model_geometry(model, setting), longest_prompt_tokens, max_new_tokens, rows,
-                               safety=safety_for(device))
-    return agree(size) if agree is not None else size
+        try:
+            device = next(model.parameters()).device
+        except (StopIteration, AttributeError, TypeError):
+            device = torch.device("cpu")
+        free = available_memory_bytes(device)
+        if free is None:
+            size = min(FALLBACK_BATCH, max(1, rows))
+        else:
+            size = auto_batch_size(free, model_geometry(model, setting), longest_prompt_tokens, max_new_tokens, rows,
+                                   safety=safety_for(device))
+    except Exception:
+        if agree is not None:
+            agree(0)  # the other ranks wait in the same exchange: let them through (and fail), then fail here
+        raise
+    if agree is None:
+        return size
+    agreed = agree(size)
+    if agreed < 1:
+        raise RuntimeError(f"{setting}: another rank could not size its generation batch (its own error says why)")
+    return agreed

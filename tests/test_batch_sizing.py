@@ -240,6 +240,27 @@ def test_ranks_settle_on_the_smallest_size_so_their_plans_agree(tiny_model_dir, 
     assert key(outs0) == key(outs1) == key(one)
 
 
+def test_a_rank_that_cannot_size_its_batch_fails_every_rank_instead_of_hanging(tiny_model_dir, monkeypatch):
+    model, tok = load_tiny(tiny_model_dir)
+    here = threading.local()
+
+    def free(device):
+        if here.rank == 1:
+            raise RuntimeError("CUDA error: device lost")
+        return 10**12
+
+    monkeypatch.setattr(batch_sizing, "available_memory_bytes", free)
+
+    def rank(member):
+        here.rank = member.rank
+        return HFGenerationBackend(model, tok, batch_size="auto").plan(PROMPTS, GenerationParams(),
+                                                                        agree=Shards(member).minimum)
+
+    r0, r1 = _Turns(2).run(rank)
+    assert isinstance(r1, RuntimeError) and "device lost" in str(r1)
+    assert isinstance(r0, RuntimeError) and "another rank could not size its generation batch" in str(r0)
+
+
 def test_evaluation_records_the_batch_size_that_ran(tiny_model_dir, tmp_path):
     from harness.config import EvalConfig, TaskConfig
     from harness.eval_runner import evaluate_model
