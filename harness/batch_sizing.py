@@ -1,7 +1,7 @@
 """How many rows one `model.generate` call can hold, from the memory free right now (`batch_size: auto`).
 
 A fixed generation batch is wrong at both ends: batch 8 leaves most of an 80 GB GPU idle when
-decoding a 0.5B student, and batch 256 runs a 7B teacher out of memory. `auto` asks the device how
+decoding a 0.5B student, and batch 256 can run a 7B teacher out of memory. `auto` asks the device how
 much memory is free once the model is loaded and divides it by what one row costs:
 
 - the KV cache: 2 (keys and values) x layers x kv_heads x head_dim x dtype bytes per token, for the
