@@ -10,10 +10,10 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from harness.errors import ConfigError
 
@@ -153,6 +153,21 @@ class VLLMEngineConfig(StrictModel):
     max_model_len: int | None = Field(None, ge=16, description="longest prompt + completion (default: the model's)")
 
 
+_POSITIVE_INT = TypeAdapter(Annotated[int, Field(ge=1)])
+
+
+def batch_setting(v: Any) -> Any:
+    """A generation batch setting: `auto`, or what a positive-int field accepted before `auto` existed
+    (same coercions), with one message instead of pydantic's one per union branch."""
+    if v == "auto":
+        return v
+    try:
+        return _POSITIVE_INT.validate_python(v)
+    except ValidationError:
+        raise ValueError("give a positive integer (rows per generate call) or `auto` (sized from the memory free "
+                         "at each call)") from None
+
+
 def _check_vllm_backend(field_path: str) -> None:
     """Refuse `vllm` at config time (not mid-run) when this process cannot run it."""
     from harness.vllm_backend import INSTALL_HINT, vllm_unavailable_reason
@@ -185,10 +200,12 @@ class TrainConfig(StrictModel):
                             "`bf16`: a bf16 copy, refreshed before every on-policy step, samples them (half the "
                             "weight bytes per decoded token; samples come from the bf16-rounded policy; the fp32 "
                             "master weights are untouched); `auto`: bf16 on CUDA, same elsewhere")
-    generation_batch_size: int | None = Field(
-        None, ge=1, description="prompts per generation call (rollouts, teacher generations) on one process; "
-                                "null = the process's whole share of the step in one call. Independent of "
-                                "micro_batch_size, which only bounds forward/backward memory")
+    generation_batch_size: int | Literal["auto"] | None = Field(
+        None, description="prompts per generation call (rollouts, teacher generations) on one process; "
+                          "null = the process's whole share of the step in one call; `auto`: that share, cut to "
+                          "what the memory free at each call holds (harness/batch_sizing.py; sizes then vary "
+                          "with free memory, and so do the rollouts sampled). Independent of micro_batch_size, "
+                          "which only bounds forward/backward memory")
     rollout_backend: Literal["hf", "vllm"] = Field(
         "hf", description="who samples on-policy rollouts: `hf` (model.generate) or `vllm` (a colocated engine "
                           "fed the student's weights before every on-policy step; CUDA only)")
@@ -216,6 +233,11 @@ class TrainConfig(StrictModel):
     budget: "TrainBudget | None" = Field(
         None, description="stop every objective when this cost counter reaches the same limit (default: equal "
                           "optimizer steps, hence equal prompts seen, from epochs/max_steps)")
+
+    @field_validator("generation_batch_size", mode="before")
+    @classmethod
+    def _generation_batch_size(cls, v: Any) -> Any:
+        return None if v is None else batch_setting(v)
 
     @field_validator("sharding", mode="before")
     @classmethod
@@ -279,12 +301,22 @@ class EvalConfig(StrictModel):
 
     model_config = ConfigDict(**{**StrictModel.model_config, "extra": "allow"})  # the task sections; checked below
 
-    batch_size: int = Field(8, ge=1)
+    batch_size: int | Literal["auto"] = Field(
+        8, description="rows (prompts x samples) per generate call of the `hf` backend; `auto`: sized at each "
+                       "call from the memory free once the model is loaded (KV cache + logits per row, "
+                       "harness/batch_sizing.py), the minimum over ranks under torchrun; a batch that runs out of "
+                       "CUDA memory is split and retried either way. The size used is recorded in each "
+                       "eval/<task>.json (`batch_size`, `oom_splits`), not in the protocol hash")
     backend: Literal["hf", "vllm"] = Field(
         "hf", description="generation for evaluation: `hf` (model.generate) or `vllm` (CUDA only)")
     vllm: VLLMEngineConfig = VLLMEngineConfig()
     diagnostics: bool = True
     diagnostics_limit: int = Field(32, ge=1, description="held-out prompts for teacher-KL / reference CE")
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, v: Any) -> Any:
+        return batch_setting(v)
 
     @model_validator(mode="after")
     def _backend_usable(self) -> "EvalConfig":

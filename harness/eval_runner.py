@@ -64,6 +64,7 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
         params = generation_params(task_def, cfg, seed)
         t0 = time.perf_counter()
         gen_before = backend.generated_tokens
+        splits_before = getattr(backend, "oom_splits", 0)
         backend.desc = f"eval {tcfg.name}"
         outputs = generate_shared(backend, prompts, params, shards)
         ctx = ScoreContext(task=task_def, task_cfg=tcfg, eval_cfg=cfg, examples=examples, prompts=prompts,
@@ -74,6 +75,10 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
         agg["wall_time_s"] = time.perf_counter() - t0
         agg["generated_tokens"] = shards.total(backend.generated_tokens - gen_before)
         agg["world_size"] = shards.world_size  # provenance: processes that shared this evaluation
+        if getattr(backend, "last_batch_size", None) is not None:  # a batch plan ran (vLLM batches on its own)
+            # What ran, for the record, outside the protocol: cells at other batch sizes stay comparable.
+            agg["batch_size"] = backend.last_batch_size  # `auto` resolved; one size on every rank
+            agg["oom_splits"] = shards.total(backend.oom_splits - splits_before)
         agg["protocol"] = protocol_record(
             task_def, params, eval_source=tcfg.eval_source, data_dir=str(data_dir) if data_dir else None,
             limit=tcfg.eval_limit, n_examples=len(examples), **(agg.get("protocol") or {}))
@@ -112,7 +117,7 @@ def generate_shared(backend, prompts: Sequence[str], params, shards: Shards) -> 
     if hasattr(backend, "plan") and hasattr(backend, "generate_batches"):
         from harness.generation import merge_batches
 
-        plan = backend.plan(prompts, params)
+        plan = backend.plan(prompts, params, agree=shards.minimum)  # `auto`: one size, every rank's plan the same
         done = shards.map(lambda mine: backend.generate_batches(prompts, params, mine, plan=plan), range(len(plan)))
         return merge_batches(plan, done)
     if not hasattr(backend, "generate_requests"):
@@ -135,7 +140,8 @@ def generation_backend(model, tokenizer, cfg: EvalConfig, *, progress: bool, wei
     distributed environment of its own inside the torchrun group; building it the same way also
     lets a suite cell's evaluation reuse the engine its rollouts used instead of a second one."""
     if cfg.backend != "vllm":
-        return HFGenerationBackend(model, tokenizer, batch_size=cfg.batch_size, progress=progress, desc=desc)
+        return HFGenerationBackend(model, tokenizer, batch_size=cfg.batch_size, progress=progress, desc=desc,
+                                   setting="eval.batch_size")
     from harness.vllm_backend import VLLMGenerationBackend
 
     return VLLMGenerationBackend.for_model(

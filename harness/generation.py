@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence
+from typing import Callable, Literal, Protocol, Sequence
 
 import torch
+
+from harness.batch_sizing import BatchSetting, resolve_batch_size
 
 FinishReason = Literal["stop", "eos", "length"]
 
@@ -141,33 +143,52 @@ def eos_token_ids(model, tokenizer) -> set[int]:
 
 
 class HFGenerationBackend:
-    """Batched Hugging Face generation: KV cache, left padding, length bucketing, stop strings."""
+    """Batched Hugging Face generation: KV cache, left padding, length bucketing, stop strings.
 
-    def __init__(self, model, tokenizer, batch_size: int = 8, progress: bool = False, desc: str = "generate"):
+    `batch_size`: rows per `model.generate` call, or `auto` to size each call's batches from the
+    memory free when it starts (`harness.batch_sizing`). `setting` names the config field it came
+    from, for error messages. A batch that runs out of CUDA memory is split in halves and retried
+    (`oom_splits` counts the splits), down to one row.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: BatchSetting = 8, progress: bool = False, desc: str = "generate",
+                 setting: str = "batch_size"):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.progress = progress
         self.desc = desc
+        self.setting = setting
         self.generated_tokens = 0  # running count, for cost accounting
+        self.last_batch_size: int | None = None  # what the latest plan used (`auto` resolved), for the record
+        self.batch_sizes_used: set[int] = set()  # every size a plan used (the training stage records them)
+        self.oom_splits = 0  # running count of batches split after running out of memory
 
     def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[GenerationOutput]:
         plan = self.plan(prompts, params)
         done = self.generate_batches(prompts, params, range(len(plan)), plan=plan)
         return merge_batches(plan, done)
 
-    def plan(self, prompts: Sequence[str], params: GenerationParams) -> list[list[tuple[int, int]]]:
+    def plan(self, prompts: Sequence[str], params: GenerationParams, *,
+             agree: Callable[[int], int] | None = None) -> list[list[tuple[int, int]]]:
         """The generate calls `generate` makes, in order: each a list of (prompt index, sample index).
 
         Prompts are expanded for n samples, then bucketed by length so little compute goes to
         padding. A batch's outputs depend only on its own rows and its index (the sampling seed), so
         running any subset of these batches elsewhere (`generate_batches`, e.g. one share per rank)
-        gives exactly the outputs `generate` would.
+        gives exactly the outputs `generate` would. `batch_size: auto` is resolved here, once per
+        call, for the longest prompt of the call; `agree` makes the ranks of a group settle on one
+        size (every rank must call `plan` then, as each needs the same plan).
         """
         lengths = [len(x) for x in encode_prompts(self.tokenizer, prompts, params.max_prompt_tokens)]
         jobs = [(i, j) for i in range(len(prompts)) for j in range(params.n)]
+        size = resolve_batch_size(self.batch_size, self.model, longest_prompt_tokens=max(lengths, default=0),
+                                  max_new_tokens=params.max_new_tokens, rows=len(jobs), setting=self.setting,
+                                  agree=agree)
+        self.last_batch_size = size
+        self.batch_sizes_used.add(size)
         order = sorted(range(len(jobs)), key=lambda k: (lengths[jobs[k][0]], k))
-        return [[jobs[k] for k in order[s : s + self.batch_size]] for s in range(0, len(order), self.batch_size)]
+        return [[jobs[k] for k in order[s : s + size]] for s in range(0, len(order), size)]
 
     @torch.no_grad()
     def generate_batches(self, prompts: Sequence[str], params: GenerationParams, batch_indices: Sequence[int], *,
@@ -190,45 +211,78 @@ class HFGenerationBackend:
             iterator = tqdm(iterator, desc=self.desc, leave=False, unit="batch")
         try:
             for b_idx in iterator:
-                batch = plan[b_idx]
-                seqs = [prompt_ids[i] for i, _ in batch]
-                input_ids, mask = left_pad(seqs, pad_id)
-                kwargs = dict(
-                    input_ids=input_ids.to(device),
-                    attention_mask=mask.to(device),
-                    max_new_tokens=params.max_new_tokens,
-                    pad_token_id=pad_id,
-                    eos_token_id=sorted(eos_ids) or None,
-                    use_cache=True,
-                )
-                if params.temperature > 0:
-                    kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
-                    # Seeded by the batch's place in the plan, not by who runs it.
-                    torch.manual_seed(_batch_seed(params.seed, b_idx))
-                else:
-                    kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-                if params.stop:
-                    # Not HF's `stop_strings`: it also matches text that ends the *prompt* (a ChatML
-                    # prompt ends in "\n", so a first "\n" token would stop at once on "\n\n").
-                    from transformers import StoppingCriteriaList
-
-                    kwargs["stopping_criteria"] = StoppingCriteriaList(
-                        [StopOnStrings(tok, params.stop, prompt_width=input_ids.shape[1])])
-                out = self.model.generate(**kwargs)
-                gen = out[:, input_ids.shape[1]:].tolist()
-                outs = []
-                for row, (i, j) in enumerate(batch):
-                    ids = _strip_trailing_pad(gen[row], pad_id, eos_ids)
-                    text, kept, reason = truncate_at_stop(tok, ids, params.stop, eos_ids)
-                    self.generated_tokens += len(kept)
-                    outs.append(GenerationOutput(
-                        prompt=prompts[i], text=text, token_ids=kept, prompt_ids=list(prompt_ids[i]),
-                        finish_reason=reason, sample_index=j,
-                    ))
+                outs: list[GenerationOutput] = []
+                for rows, ids in self._generate_with_backoff(plan[b_idx], prompt_ids, params, pad_id, eos_ids, device,
+                                                             _batch_seed(params.seed, b_idx)):
+                    for (i, j), gen_ids in zip(rows, ids):
+                        text, kept, reason = truncate_at_stop(tok, gen_ids, params.stop, eos_ids)
+                        self.generated_tokens += len(kept)
+                        outs.append(GenerationOutput(
+                            prompt=prompts[i], text=text, token_ids=kept, prompt_ids=list(prompt_ids[i]),
+                            finish_reason=reason, sample_index=j,
+                        ))
                 done.append(outs)
         finally:
             self.model.train(was_training)
         return done
+
+    def _generate_with_backoff(self, rows: list[tuple[int, int]], prompt_ids, params: GenerationParams, pad_id: int,
+                               eos_ids: set[int], device, seed: int) -> list[tuple[list[tuple[int, int]], list[list[int]]]]:
+        """`rows` generated in one `model.generate` call, or, when that runs out of CUDA memory, in
+        halves (each retried the same way, down to one row). Returns (rows, generated ids) per call
+        that succeeded, in row order, so every row comes back once and in place.
+
+        A half is seeded from its parent's seed and its side, so a split batch samples reproducibly
+        (though not what the unsplit batch would have: other batch mates, other draws).
+        """
+        try:
+            return [(rows, self._generate_rows(rows, prompt_ids, params, pad_id, eos_ids, device, seed))]
+        except torch.cuda.OutOfMemoryError as exc:
+            message = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+        # Out of the except block: the failed attempt's tensors (held by the traceback) are released
+        # before the cache is emptied and the halves retried.
+        _release_cuda_cache()
+        if len(rows) == 1:
+            raise torch.cuda.OutOfMemoryError(
+                f"{self.setting}: a batch of one row ({len(prompt_ids[rows[0][0]])} prompt tokens + up to "
+                f"{params.max_new_tokens} new) still runs out of memory ({message}), so no batch size fits: free "
+                "device memory (no other model or process beside it, a lower vllm gpu_memory_utilization), lower the "
+                "task's max_new_tokens or max_prompt_tokens, or use a device with more memory")
+        self.oom_splits += 1
+        half = (len(rows) + 1) // 2
+        return [part for side, sub in enumerate((rows[:half], rows[half:]))
+                for part in self._generate_with_backoff(sub, prompt_ids, params, pad_id, eos_ids, device,
+                                                        _split_seed(seed, side))]
+
+    def _generate_rows(self, rows: list[tuple[int, int]], prompt_ids, params: GenerationParams, pad_id: int,
+                       eos_ids: set[int], device, seed: int) -> list[list[int]]:
+        """One `model.generate` call over `rows`; each row's generated ids (trailing padding dropped)."""
+        tok = self.tokenizer
+        input_ids, mask = left_pad([prompt_ids[i] for i, _ in rows], pad_id)
+        kwargs = dict(
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=params.max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=sorted(eos_ids) or None,
+            use_cache=True,
+        )
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+            # Seeded by the batch's place in the plan, not by who runs it.
+            torch.manual_seed(seed)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            # Not HF's `stop_strings`: it also matches text that ends the *prompt* (a ChatML
+            # prompt ends in "\n", so a first "\n" token would stop at once on "\n\n").
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList(
+                [StopOnStrings(tok, params.stop, prompt_width=input_ids.shape[1])])
+        out = self.model.generate(**kwargs)
+        gen = out[:, input_ids.shape[1]:].tolist()
+        return [_strip_trailing_pad(g, pad_id, eos_ids) for g in gen]
 
 
 def merge_batches(plan: list[list[tuple[int, int]]], done: Sequence[Sequence[GenerationOutput]]) -> list[GenerationOutput]:
@@ -272,6 +326,17 @@ def _strip_trailing_pad(ids: list[int], pad_id: int, eos_ids: set[int]) -> list[
 
 def _batch_seed(seed: int, batch_index: int) -> int:
     return (seed * 1_000_003 + batch_index * 7919) % (2**31 - 1)
+
+
+def _release_cuda_cache() -> None:
+    """Return the failed attempt's cached blocks to the driver, so the halves start from a clean pool."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _split_seed(seed: int, side: int) -> int:
+    """The seed of one half (side 0 or 1) of a batch split after an out-of-memory error."""
+    return (seed * 31 + 1 + side) % (2**31 - 1)
 
 
 def ceil_div(a: int, b: int) -> int:

@@ -105,6 +105,13 @@ class Shards:
             return value
         return sum(self.group.all_gather_object(value))
 
+    def minimum(self, value: int | float) -> int | float:
+        """The smallest of every rank's `value`, on every rank: a setting each rank measures for
+        itself but all must share (a batch size from each rank's free memory: the plan must be one)."""
+        if self.world_size == 1:
+            return value
+        return min(self.group.all_gather_object(value))
+
 
 class _Failure:
     def __init__(self, message: str):

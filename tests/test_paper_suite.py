@@ -65,6 +65,9 @@ def test_paper_suite_end_to_end_offline(tiny_model_dir_factory, shared_data_dir,
     assert g["lm_eval"]["max_gen_toks"] == 4 and g["lm_eval"]["n"] == 2
     h = next(c for c in cells.values() if c["task"] == "humaneval" and c["kind"] == "trained")["metrics"]["humaneval"]
     assert h["n_samples"] == 10 and "pass@10" in h
+    # `eval.batch_size: auto` as shipped: the tiny models' rows fit many times over, so every task's call
+    # ran whole (2 prompts; HumanEval 2 x 10 samples), recorded beside the metrics.
+    assert (g["batch_size"], h["batch_size"], g["oom_splits"], h["oom_splits"]) == (2, 20, 0, 0)
     d = next(c for c in cells.values() if c["task"] == "dialogsum" and c["kind"] == "trained")["metrics"]["dialogsum"]
     assert d["protocol"]["baseline_model"] == f"model: {teacher}"
     assert d["protocol"]["judge"]["api_model"] == "gpt-4o-mini" and d["wins"] + d["losses"] + d["ties"] == 2

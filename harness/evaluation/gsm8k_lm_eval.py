@@ -138,7 +138,7 @@ def run_lm_eval_gsm8k(
     tokenizer: Any,
     data_dir: str | Path | None,
     limit: int | None = None,
-    batch_size: int = 1,
+    batch_size: int | str = 1,
     num_fewshot: int = 5,
     max_gen_toks: int | None = None,
     apply_chat_template: bool = False,
@@ -152,6 +152,9 @@ def run_lm_eval_gsm8k(
     Returns {"strict-match": float, "flexible-extract": float, "n", "num_fewshot", "lm_eval_version"}
     (exact-match fractions; plus "samples" with lm-eval's per-example records when `log_samples`).
     `max_gen_toks` overrides lm-eval's default generation budget (256) for quick runs.
+    `batch_size="auto"` (`eval.batch_size: auto`) is lm-eval's own detection on CUDA (it tries batches
+    from 64 rows of the full context down until one fits); elsewhere it is `harness.batch_sizing.FALLBACK_BATCH` (8), since on the host that
+    probe has no out-of-memory error to back off from and would first allocate 64 full-context rows.
     """
     from importlib.metadata import version
 
@@ -170,6 +173,10 @@ def run_lm_eval_gsm8k(
             if not f.is_file():
                 raise FileNotFoundError(f"lm-eval gsm8k needs {f} (GSM8K JSONL with question/answer)")
     device = str(next(model.parameters()).device)
+    if batch_size == "auto" and not device.startswith("cuda"):
+        from harness.batch_sizing import FALLBACK_BATCH
+
+        batch_size = FALLBACK_BATCH
     task_name = LOCAL_TASK_NAME if source == "local" else HUB_TASK_NAME
     with tempfile.TemporaryDirectory(prefix="lm-eval-gsm8k-") as tmp:
         if source == "local":

@@ -192,12 +192,13 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
     # The vLLM engine is built at the first on-policy step, so objectives that never roll out never start one.
     # (Sharded runs never sample from the student: check_sharding refused such objectives.)
     student_backend = None if tc.rollout_backend == "vllm" or sharded else HFGenerationBackend(
-        rollout_model or student, tok, batch_size=gen_batch)
+        rollout_model or student, tok, batch_size=gen_batch, setting="train.generation_batch_size")
     builder = SequenceBuilder(
         tokenizer=tok, render=setup.render_prompt, max_prompt_tokens=tc.max_prompt_tokens,
         max_response_tokens=tc.max_response_tokens, rollout=rollout,
         student_backend=student_backend,
-        teacher_backend=HFGenerationBackend(teacher, tok, batch_size=gen_batch) if teacher is not None else None,
+        teacher_backend=(HFGenerationBackend(teacher, tok, batch_size=gen_batch, setting="train.generation_batch_size")
+                         if teacher is not None else None),
         teacher_cache=(TeacherGenerationCache(setup.teacher_cache_path, setup.teacher_key)
                        if tc.cache_teacher_generations and setup.teacher_cache_path else None),
         counters=seq_counters,
@@ -367,6 +368,7 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
         "precision": "bf16" if use_bf16 else "fp32", "rollout_backend": tc.rollout_backend,
         "rollout_weight_syncs": getattr(student_backend, "syncs", None), **{k: counters[k] for k in counters},
         "resume_events": resumed.events,
+        "generation_batches": generation_record(dist, student_backend, builder.teacher_backend),
     }
     full_state = None
     if sharded_student is not None:
@@ -399,10 +401,24 @@ def resolve_rollout_precision(setting: str, device: torch.device) -> str:
     return setting
 
 
-def generation_batch_size(tc, world_size: int) -> int:
-    """Prompts per generation call on one process: the configured bound, else the process's whole share."""
+def generation_batch_size(tc, world_size: int) -> int | str:
+    """Prompts per generation call on one process: the configured bound, else the process's whole share.
+    `auto` is passed on to the backend, which sizes each call from free memory, never above the call's
+    rows (the share)."""
+    if tc.generation_batch_size == "auto":
+        return "auto"
     share = max(1, tc.batch_size // world_size)
     return min(tc.generation_batch_size, share) if tc.generation_batch_size else share
+
+
+def generation_record(dist: DistContext, *backends) -> dict:
+    """What the HF generation calls of this process's run (since it started or resumed) used, over all
+    ranks: the distinct batch sizes (`auto` resolved) and the batches split after running out of memory.
+    A collective: every rank calls it."""
+    mine = [b for b in backends if b is not None and hasattr(b, "batch_sizes_used")]
+    sizes = sorted({s for part in dist.all_gather_object(sorted({s for b in mine for s in b.batch_sizes_used}))
+                    for s in part})
+    return {"batch_sizes": sizes, "oom_splits": int(dist.all_reduce_sum(sum(b.oom_splits for b in mine)))}
 
 
 def vllm_rollout_backend(cfg: RunConfig, student, tok, dist: DistContext):
