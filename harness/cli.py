@@ -248,7 +248,7 @@ def cmd_eval(args) -> int:
     from harness.errors import ConfigError
     from harness.modeling import load_model
     from harness.paths import data_dir as resolve_data_dir
-    from harness.pipeline import baseline_outputs, baseline_source, evaluate_cell, pick_device
+    from harness.pipeline import baseline_outputs, baseline_source, evaluate_cell, pick_device, teacher_dtype
 
     raw: dict = {}
     if args.config:
@@ -285,11 +285,14 @@ def cmd_eval(args) -> int:
                           "e.g. eval.dialogsum.baseline=references")
     device = pick_device()
     model, tok = load_model(spec, dtype=torch.float32, device=str(device))
-    teacher = load_model(teacher_spec, dtype=torch.float32, device=str(device))[0] if teacher_spec is not None else None
+    # The teacher (diagnostics, default baseline) in the dtype a suite cell holds it in, so `eval` and `run`
+    # compute the same teacher KL and the same baseline outputs.
+    teacher = load_model(teacher_spec, dtype=teacher_dtype(device), device=str(device))[0] if teacher_spec is not None else None
     data_dir = resolve_data_dir(args.data_dir)
     outputs = None
     if needing:
-        base_model, base_tok = load_model(base_spec, dtype=torch.float32, device=str(device))
+        base_dtype = teacher_dtype(device) if base_spec is teacher_spec else torch.float32
+        base_model, base_tok = load_model(base_spec, dtype=base_dtype, device=str(device))
         outputs = {t.name: baseline_outputs(base_model, base_tok, t, eval_cfg, data_dir, progress=not args.no_progress)
                    for t in needing}
         del base_model

@@ -52,7 +52,7 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
     eval_dir = out_dir / "eval"
     shards = shards or Shards()
     backend = generation_backend(model, tokenizer, cfg, progress=progress and shards.is_writer,
-                                 weights_from_checkpoint=weights_from_checkpoint, seed=seed)
+                                 weights_from_checkpoint=weights_from_checkpoint, seed=seed, world_size=shards.world_size)
     results: dict[str, Any] = {}
     diag_rows: dict[str, dict[str, float]] = {}
     for tcfg in tasks:
@@ -73,6 +73,7 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
         agg, rows = scorer.score(ctx)
         agg["wall_time_s"] = time.perf_counter() - t0
         agg["generated_tokens"] = shards.total(backend.generated_tokens - gen_before)
+        agg["world_size"] = shards.world_size  # provenance: processes that shared this evaluation
         agg["protocol"] = protocol_record(
             task_def, params, eval_source=tcfg.eval_source, data_dir=str(data_dir) if data_dir else None,
             limit=tcfg.eval_limit, n_examples=len(examples), **(agg.get("protocol") or {}))
@@ -96,12 +97,15 @@ def evaluate_model(model, tokenizer, tasks: Sequence[TaskConfig], cfg: EvalConfi
 
 
 def generate_shared(backend, prompts: Sequence[str], params, shards: Shards) -> list:
-    """`backend.generate(prompts, params)`, each rank running its share, the result on every rank.
+    """`backend.generate(prompts, params)`, each rank running its share, the result on every rank,
+    equal to what one process generates (greedy and sampled alike).
 
-    A backend with a batch plan (`HFGenerationBackend`) is split by whole batches of the plan one
-    process would run, so every row sees the same batch mates, padding and sampling seed: the
-    outputs equal one process's exactly. Other backends (vLLM, which batches continuously on its
-    own) are split by prompt.
+    - A backend with a batch plan (`HFGenerationBackend`) is split by whole batches of the plan one
+      process would run, so every row sees the same batch mates, padding and sampling seed.
+    - A backend whose sampling is seeded per request (`generate_requests`: vLLM, which batches
+      continuously on its own) is split by prompt, each prompt seeded by its place in the whole list.
+    - Any other backend may draw from one stream across a call, so a share would sample differently:
+      rank 0 generates everything and the others receive it (correct, not faster).
     """
     if shards.world_size == 1:
         return backend.generate(prompts, params)
@@ -111,18 +115,25 @@ def generate_shared(backend, prompts: Sequence[str], params, shards: Shards) -> 
         plan = backend.plan(prompts, params)
         done = shards.map(lambda mine: backend.generate_batches(prompts, params, mine, plan=plan), range(len(plan)))
         return merge_batches(plan, done)
+    if not hasattr(backend, "generate_requests"):
+        return shards.on_writer(lambda: backend.generate(prompts, params))
     n = params.n
 
     def by_prompt(mine: list[int]) -> list[list]:
-        outs = backend.generate([prompts[i] for i in mine], params)
+        outs = backend.generate_requests([prompts[i] for i in mine], params, mine)
         return [outs[k * n : (k + 1) * n] for k in range(len(mine))]
 
     return [o for outs in shards.map(by_prompt, range(len(prompts))) for o in outs]
 
 
 def generation_backend(model, tokenizer, cfg: EvalConfig, *, progress: bool, weights_from_checkpoint: bool,
-                       seed: int = 0, desc: str = "generate"):
-    """The evaluation's generator: HF `generate`, or a vLLM engine holding `model`'s weights."""
+                       seed: int = 0, desc: str = "generate", world_size: int = 1):
+    """The evaluation's generator: HF `generate`, or a vLLM engine holding `model`'s weights.
+
+    `world_size`: processes in the group. Under torchrun each rank's vLLM engine must be built as one
+    of the launcher's processes (as the training loop's rollout engine is), or vLLM would set up a
+    distributed environment of its own inside the torchrun group; building it the same way also
+    lets a suite cell's evaluation reuse the engine its rollouts used instead of a second one."""
     if cfg.backend != "vllm":
         return HFGenerationBackend(model, tokenizer, batch_size=cfg.batch_size, progress=progress, desc=desc)
     from harness.vllm_backend import VLLMGenerationBackend
@@ -130,7 +141,7 @@ def generation_backend(model, tokenizer, cfg: EvalConfig, *, progress: bool, wei
     return VLLMGenerationBackend.for_model(
         model, tokenizer, gpu_memory_utilization=cfg.vllm.gpu_memory_utilization, sleep=cfg.vllm.sleep,
         max_model_len=cfg.vllm.max_model_len, seed=seed, sync="checkpoint" if weights_from_checkpoint else "now",
-        progress=progress, desc=desc)
+        progress=progress, desc=desc, world_size=world_size)
 
 
 def generate_baseline_outputs(model, tokenizer, task_cfg: TaskConfig, cfg: EvalConfig, data_dir: Path | None,
@@ -144,7 +155,8 @@ def generate_baseline_outputs(model, tokenizer, task_cfg: TaskConfig, cfg: EvalC
     render = prompt_renderer(task_def, tokenizer)
     shards = shards or Shards()
     backend = generation_backend(model, tokenizer, cfg, progress=progress and shards.is_writer,
-                                 weights_from_checkpoint=weights_from_checkpoint, desc=f"baseline outputs {task_cfg.name}")
+                                 weights_from_checkpoint=weights_from_checkpoint, desc=f"baseline outputs {task_cfg.name}",
+                                 world_size=shards.world_size)
     outs = generate_shared(backend, [render(ex) for ex in examples], generation_params(task_def, cfg, 0), shards)
     return {ex.id: o.text.strip() for ex, o in zip(examples, outs)}
 

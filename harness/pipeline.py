@@ -41,13 +41,19 @@ def pick_device() -> torch.device:
     return init_distributed().device
 
 
+def teacher_dtype(device: torch.device) -> torch.dtype:
+    """A teacher is only read (never trained): bf16 on CUDA halves its memory, as the suite's cells,
+    the training stage and `distill-bench eval` all hold it; fp32 on CPU, where bf16 matmuls are not
+    reliably faster and the CPU references were computed in fp32."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def load_pair(teacher_spec: ModelSpec, student_spec: ModelSpec, *, need_teacher: bool = True,
               teacher: torch.nn.Module | None = None, allow_head_slice: bool = False) -> LoadedPair:
     """Load (or reuse) the teacher and load a fresh student; refuse mismatched vocabularies up front."""
     from harness.modeling import check_vocab_compat, load_model, resolve_model_dir
 
     device = pick_device()
-    teacher_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     teacher_dir = resolve_model_dir(teacher_spec)
     student_dir = resolve_model_dir(student_spec, teacher=teacher_spec)
     student, s_tok = load_model(student_spec, teacher=teacher_spec, dtype=torch.float32, device=str(device))
@@ -55,7 +61,7 @@ def load_pair(teacher_spec: ModelSpec, student_spec: ModelSpec, *, need_teacher:
     columns = None
     if need_teacher or teacher is not None:
         if teacher is None:
-            teacher, t_tok = load_model(teacher_spec, dtype=teacher_dtype, device=str(device))
+            teacher, t_tok = load_model(teacher_spec, dtype=teacher_dtype(device), device=str(device))
         else:
             from transformers import AutoTokenizer
 

@@ -322,15 +322,12 @@ class SuiteRunner:
         tt = self.task_teacher(task or self.cfg.tasks[0].name)
         key = tt.spec.model_dump_json()
         if self._teacher is None or self._teacher_key != key:
-            import torch
-
             from harness.modeling import load_model
-            from harness.pipeline import pick_device
+            from harness.pipeline import pick_device, teacher_dtype
 
             self._teacher = self._teacher_tok = None  # free the previous task's teacher before loading
             dev = pick_device()
-            self._teacher, self._teacher_tok = load_model(
-                tt.spec, dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32, device=str(dev))
+            self._teacher, self._teacher_tok = load_model(tt.spec, dtype=teacher_dtype(dev), device=str(dev))
             self._teacher_key = key
         return self._teacher, self._teacher_tok
 

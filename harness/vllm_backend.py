@@ -206,11 +206,21 @@ class VLLMGenerationBackend:
         )
 
     def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[GenerationOutput]:
+        return self.generate_requests(prompts, params, range(len(prompts)))
+
+    def generate_requests(self, prompts: Sequence[str], params: GenerationParams,
+                          request_indices: Sequence[int]) -> list[GenerationOutput]:
+        """`generate` for a subset of a request list: `request_indices[i]` is `prompts[i]`'s position
+        in the whole list, which seeds its sampling. A prompt's completions then depend on that
+        position only, not on which other prompts share the call, so an evaluation split across
+        ranks by prompt samples exactly what one process would (`harness.eval_runner.generate_shared`)."""
         from vllm import TokensPrompt
 
+        if len(request_indices) != len(prompts):
+            raise ValueError(f"{len(request_indices)} request indices for {len(prompts)} prompts")
         prompt_ids = encode_prompts(self.tokenizer, prompts, params.max_prompt_tokens)
         requests = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]
-        sps = [self.sampling_params(params, i) for i in range(len(prompts))]
+        sps = [self.sampling_params(params, index) for index in request_indices]
         self._wake()
         try:
             results = self.llm.generate(requests, sps, use_tqdm=self.progress)

@@ -162,6 +162,54 @@ def test_generation_split_over_two_ranks_equals_one_process(tiny_model_dir, para
     assert all(t > 0 for t in per_rank) and sum(per_rank) == one_tokens
 
 
+def test_vllm_generation_split_by_prompt_samples_what_one_process_samples(monkeypatch, tiny_model_dir_factory):
+    """vLLM batches on its own, so ranks split it by prompt; each prompt's sampling seed must come from
+    its place in the whole list, not in the rank's share (rank 1's first prompt is prompt 1, not 0)."""
+    from harness.eval_runner import generate_shared
+    from harness.vllm_backend import VLLMGenerationBackend
+    from tests import fake_vllm
+
+    fake_vllm.install(monkeypatch)
+    model, tok = load_tiny(tiny_model_dir_factory(tie=False))  # untied: a head flat enough to sample from
+    backend = VLLMGenerationBackend.for_model(model, tok, gpu_memory_utilization=0.3, sync="checkpoint")
+    params = GenerationParams(max_new_tokens=6, temperature=2.0, top_p=0.99, n=2, seed=7)
+    one = backend.generate(PROMPTS, params)
+    key = lambda outs: [(o.prompt, o.sample_index, o.token_ids, o.text, o.finish_reason) for o in outs]  # noqa: E731
+    # What the split did before: rank 1's share seeded from 0, like the start of a list.
+    share = PROMPTS[1::2]
+    assert key(backend.generate(share, params)) != key([o for o in one if o.prompt in share]), \
+        "seeds from positions in the share would sample differently: the test can tell"
+
+    results = _Turns(2).run(lambda m: generate_shared(backend, PROMPTS, params, Shards(m)))
+    assert all(key(outs) == key(one) for outs in results)
+    calls = fake_vllm.ENGINES[-1].log[-2:]  # the two ranks' calls, in whichever order they ran
+    assert [e for e, _ in calls] == ["generate", "generate"]
+    assert sorted(tuple(sp.seed for _, sp in sent) for _, sent in calls) == \
+        sorted(tuple(backend.sampling_params(params, i).seed for i in range(r, len(PROMPTS), 2)) for r in (0, 1))
+
+
+def test_a_backend_without_a_plan_or_request_seeds_is_run_by_rank_0_alone():
+    """A third-party backend may draw from one stream across a call: splitting it would change what it
+    samples, so rank 0 generates everything and every rank gets the same outputs."""
+    from harness.eval_runner import generate_shared
+    from harness.generation import GenerationOutput
+
+    class OneStream:
+        def __init__(self):
+            self.calls = 0
+
+        def generate(self, prompts, params):
+            self.calls += 1
+            return [GenerationOutput(prompt=p, text=f"{p}#{i}", token_ids=[i], prompt_ids=[], finish_reason="length",
+                                     sample_index=0) for i, p in enumerate(prompts)]
+
+    backends = [OneStream(), OneStream()]
+    results = _Turns(2).run(lambda m: generate_shared(backends[m.rank], PROMPTS, GenerationParams(max_new_tokens=2),
+                                                      Shards(m)))
+    assert [o.text for o in results[0]] == [o.text for o in results[1]] == [f"{p}#{i}" for i, p in enumerate(PROMPTS)]
+    assert [b.calls for b in backends] == [1, 0]
+
+
 # ----------------------------------------------------------------------------- scoring
 
 
@@ -229,10 +277,11 @@ def test_evaluate_model_on_two_ranks_equals_one_process_and_only_rank_0_writes(t
     outs = [tmp_path / "rank0", tmp_path / "rank1"]  # separate dirs, so what rank 1 wrote would show
     results = _Turns(2).run(lambda m: run(outs[m.rank], Shards(m)))
 
-    volatile = ("wall_time_s",)
+    volatile = ("wall_time_s", "world_size")  # a clock, and the provenance checked next
     strip = lambda r: {t: ({k: v for k, v in a.items() if k not in volatile} if isinstance(a, dict) else a)  # noqa: E731
                        for t, a in r.items()}
     assert strip(results[0]) == strip(results[1]) == strip(one)
+    assert [r["gsm8k"]["world_size"] for r in (one, *results)] == [1, 2, 2]
     assert one["diagnostics"]["ref_tokens"] > 0 and one["gsm8k"]["generated_tokens"] > 0
     assert (outs[0] / "eval" / "gsm8k.jsonl").read_text() == (tmp_path / "one" / "eval" / "gsm8k.jsonl").read_text()
     assert len((outs[0] / "eval" / "gsm8k.jsonl").read_text().splitlines()) == 7

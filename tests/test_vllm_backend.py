@@ -295,3 +295,19 @@ def test_eval_on_vllm_matches_hf_and_syncs_trained_models_only(fake, untied_dir,
     evaluate_model(teacher, tok, tasks, cfg, tmp_path / "again", data_dir=None, progress=False, weights_from_checkpoint=True)
     assert [r["output"] for r in read_jsonl(tmp_path / "again" / "eval" / "gsm8k.jsonl")] == outputs["hf"]
     assert [e for e, _ in fake_vllm.ENGINES[0].log][-3:] == ["load", "reset", "generate"]
+
+
+def test_eval_in_a_process_group_builds_its_engine_as_the_rollouts_do(fake, tiny_model_dir):
+    """Under torchrun each rank's engine must be one of the launcher's processes (external_launcher),
+    for evaluation as for rollouts; built alike, a cell's evaluation reuses its rollouts' engine."""
+    from harness.eval_runner import generation_backend
+
+    model, tok = load_tiny(tiny_model_dir)
+    cfg = EvalConfig.model_validate({"backend": "vllm", "vllm": {"gpu_memory_utilization": 0.3}})
+    alone = generation_backend(model, tok, cfg, progress=False, weights_from_checkpoint=True)
+    assert fake_vllm.ENGINES[-1].kwargs["distributed_executor_backend"] is None
+    rollouts = _vllm(model, tok, sync="caller", world_size=2)  # as the training loop builds it for 2 processes
+    assert rollouts.engine is not alone.engine
+    assert fake_vllm.ENGINES[-1].kwargs["distributed_executor_backend"] == "external_launcher"
+    ev = generation_backend(model, tok, cfg, progress=False, weights_from_checkpoint=False, world_size=2)
+    assert ev.engine is rollouts.engine and len(fake_vllm.ENGINES) == 2, "the rollouts' engine, not a third one"
