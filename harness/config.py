@@ -226,7 +226,7 @@ class TrainConfig(StrictModel):
         None, description="`fsdp`: shard the trained model's parameters, gradients and AdamW state over the "
                             "processes (torchrun, N >= 2; torch FSDP2) for full fine-tuning that does not fit one "
                             "device, e.g. teacher_prep of a 7B teacher. Objectives without student rollouts only; "
-                            "no mid-run resume checkpoints yet. null (or `none`): one full copy per process (DDP)")
+                            "resume checkpoints hold each rank's shard. null (or `none`): one full copy per process (DDP)")
     log_with: list[str] = Field(
         default_factory=list, description="also send telemetry to Accelerate's trackers: tensorboard, wandb, mlflow, ... "
                                           "(telemetry.jsonl is written either way)")

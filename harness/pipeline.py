@@ -125,6 +125,12 @@ def run_training(cfg: RunConfig, run_dir: Path, *, max_steps: int | None = None,
     from harness.training.sharding import check_sharding
 
     check_sharding(cfg.train.sharding, objective.needs(), dist.world_size, contract_v2=objective.uses_contract_v2())
+    from harness.errors import ConfigError
+    from harness.training.checkpoint import resume_format_problem
+
+    problem = resume_format_problem(Path(run_dir), sharded=cfg.train.sharding == "fsdp")  # before any model load
+    if problem:
+        raise ConfigError(problem)
     # the teacher model is loaded for its signal (not when the student teaches itself) or to generate
     need_teacher = objective.needs().loads_teacher
     pair = load_pair(cfg.teacher, cfg.student, need_teacher=need_teacher, teacher=teacher,

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.errors import ConfigError
 from harness.io import atomic_write_bytes, atomic_write_json, disk_error, read_json, remove_temporaries
 
 CHECKPOINT_DIRNAME = "checkpoint"
@@ -34,6 +35,9 @@ MANIFEST = "manifest.json"
 TELEMETRY_COPY = "telemetry.jsonl"
 TMP_PREFIX = ".checkpoint-"
 REQUIRED_FILES = ("model.pt", "optim.pt", "state.json")
+# Present only in checkpoints of sharded runs (harness/training/sharded_checkpoint.py); named here
+# so that each format recognizes the other and refuses it instead of discarding it as damaged.
+SHARDED_MARKER = "sharded.json"
 
 
 @dataclass
@@ -92,7 +96,7 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, scheduler,
         if telemetry_path is not None and Path(telemetry_path).is_file():
             atomic_write_bytes(tmp / TELEMETRY_COPY, Path(telemetry_path).read_bytes())
         atomic_write_json(tmp / MANIFEST, {"step": state.step, "files": _digest_files(tmp)})
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         resume = f"rerun the same command; training resumes from the previous checkpoint in {final}"
@@ -101,13 +105,23 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, scheduler,
         if isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE_FAILURES):
             raise disk_error(tmp, exc, needed, resume) from exc
         raise
+    return commit_checkpoint(run_dir, tmp)
+
+
+def commit_checkpoint(run_dir: Path, tmp: Path) -> Path:
+    """Put the complete checkpoint written in `tmp` in place of `run_dir/checkpoint`.
+
+    The previous one is renamed to `.old` first and removed last, so a kill between any two
+    operations leaves a complete checkpoint under one of the two names (load_latest tries both).
+    Shared by the sharded format (sharded_checkpoint.py), whose rank 0 alone calls it."""
+    final = run_dir / CHECKPOINT_DIRNAME
     old = run_dir / OLD_DIRNAME
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     if old.exists():
         shutil.rmtree(old)
     return final
@@ -117,7 +131,7 @@ def _digest_files(directory: Path) -> dict[str, dict[str, Any]]:
     out = {}
     for p in sorted(directory.iterdir()):
         if p.is_file() and p.name != MANIFEST:
-            out[p.name] = {CHECKSUM: _checksum(p), "bytes": p.stat().st_size}
+            out[p.name] = {CHECKSUM: file_checksum(p), "bytes": p.stat().st_size}
     return out
 
 
@@ -127,7 +141,7 @@ def _digest_files(directory: Path) -> dict[str, dict[str, Any]]:
 CHECKSUM = "crc32"
 
 
-def _checksum(path: Path) -> str:
+def file_checksum(path: Path) -> str:
     crc = 0
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
@@ -157,7 +171,7 @@ def verify_checkpoint(path: Path) -> str | None:
             return f"missing {name}"
         if p.stat().st_size != meta.get("bytes"):
             return f"{name} has {p.stat().st_size} bytes, manifest says {meta.get('bytes')}"
-        if _checksum(p) != meta.get(CHECKSUM):
+        if file_checksum(p) != meta.get(CHECKSUM):
             return f"{name} does not match its {CHECKSUM} checksum in manifest.json"
     return None if _state_readable(path) else "state.json unreadable"
 
@@ -214,6 +228,9 @@ def load_latest(run_dir: Path, model: torch.nn.Module, optimizer, scheduler,
     events: list[str] = []
     if owner:
         remove_orphans(run_dir)
+    problem = resume_format_problem(run_dir, sharded=False)
+    if problem:
+        raise ConfigError(problem)
     for name in (CHECKPOINT_DIRNAME, OLD_DIRNAME):
         cand = run_dir / name
         if not cand.exists():
@@ -224,11 +241,11 @@ def load_latest(run_dir: Path, model: torch.nn.Module, optimizer, scheduler,
             state_json = read_json(cand / "state.json")
             if (cand / TELEMETRY_COPY).is_file():
                 telemetry = (cand / TELEMETRY_COPY).read_bytes()
-                rows = _count_rows(telemetry)
+                rows = count_rows(telemetry)
                 if rows != state_json["telemetry_rows"]:
                     why = f"its telemetry copy has {rows} rows, its state {state_json['telemetry_rows']}"
             elif live_telemetry is not None:
-                have = _count_rows(live_telemetry.read_bytes()) if live_telemetry.is_file() else 0
+                have = count_rows(live_telemetry.read_bytes()) if live_telemetry.is_file() else 0
                 if have < state_json["telemetry_rows"]:
                     why = (f"telemetry.jsonl has {have} intact rows but the checkpoint counts "
                            f"{state_json['telemetry_rows']} (torn or truncated)")
@@ -254,7 +271,31 @@ def load_latest(run_dir: Path, model: torch.nn.Module, optimizer, scheduler,
     return Resumed(None, None, events, None)
 
 
-def _count_rows(data: bytes) -> int:
+def resume_format_problem(run_dir: Path, *, sharded: bool) -> str | None:
+    """Why the resume checkpoint in `run_dir` cannot be used by a run with(out) `train.sharding: fsdp`.
+
+    A sharded checkpoint holds each rank's slice of the weights and optimizer state and an unsharded
+    one the whole of both; neither can be loaded as the other. It is not damaged either, so it is
+    refused with the fix rather than discarded (that would throw away the run's progress). Cheap: it
+    reads directory entries only, so callers ask before loading any model.
+    """
+    for name in (CHECKPOINT_DIRNAME, OLD_DIRNAME):
+        cand = Path(run_dir) / name
+        if not cand.is_dir():
+            continue
+        is_sharded = (cand / SHARDED_MARKER).is_file()
+        is_unsharded = not is_sharded and any((cand / f).is_file() for f in ("model.pt", "optim.pt"))
+        if is_sharded and not sharded:
+            return (f"{cand} is the resume checkpoint of a sharded run (train.sharding: fsdp) and this run is "
+                    "not sharded: rerun with train.sharding=fsdp under torchrun (the process count may differ), "
+                    f"or delete {cand} to start over")
+        if is_unsharded and sharded:
+            return (f"{cand} is the resume checkpoint of an unsharded run and this run sets train.sharding: fsdp: "
+                    f"rerun with train.sharding=none to resume it, or delete {cand} to start over sharded")
+    return None
+
+
+def count_rows(data: bytes) -> int:
     """Complete, parseable JSON rows at the head of a JSONL byte string (stops at the first bad line)."""
     n = 0
     for line in data.split(b"\n")[:-1]:  # the piece after the last newline is empty or a torn write
@@ -281,7 +322,7 @@ def remove_orphans(run_dir: Path) -> list[Path]:
     return removed + remove_temporaries(run_dir)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

@@ -23,13 +23,13 @@ from harness.generation import GenerationParams, HFGenerationBackend
 from harness.io import atomic_write_json
 from harness.modeling.batching import collate
 from harness.training.batching import split_micro_batches
-from harness.training.checkpoint import (CHECKPOINT_DIRNAME, Resumed, TrainState, find_checkpoint, load_latest,
-                                         save_checkpoint)
+from harness.training.checkpoint import CHECKPOINT_DIRNAME, TrainState, find_checkpoint, load_latest, save_checkpoint
 from harness.training.checkpoint_policy import CheckpointPolicy
 from harness.training import rows as v2_rows
 from harness.training.distributed import DataParallelStudent, DistContext, init_distributed
 from harness.modeling.forward import lm_head, loss_hidden_states, sliced_head
 from harness.training.schedules import build_scheduler
+from harness.training.sharded_checkpoint import find_sharded_checkpoint, load_latest_sharded, save_sharded_checkpoint
 from harness.training.sharding import ShardedStudent, check_sharding, grad_norm_value
 from harness.training.sequences import SequenceBuilder, SequenceCounters, TeacherGenerationCache
 from harness.training.telemetry import PeakMemory, TelemetryLog
@@ -163,12 +163,13 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
     trackers = Trackers(tc.log_with, run_dir, run_dir.name, cfg.model_dump(mode="json"), enabled=dist.is_main)
     # Only a checkpoint that matches its manifest is resumed from; damaged ones are discarded and
     # the reason goes into the summary (`resume_events`), so a fallback is never silent.
-    # Sharded runs write no resume checkpoints yet (they would need the gathered optimizer state): they start over.
-    resumed = (Resumed(None, None, []) if sharded else
+    # Sharded runs keep each rank's shard of weights and optimizer state (sharded_checkpoint.py).
+    resumed = (load_latest_sharded(run_dir, student, optimizer, scheduler, dist) if sharded else
                load_latest(run_dir, student, optimizer, scheduler, live_telemetry=telemetry.path, owner=dist.is_main))
     if resumed.state is not None:
         state = resumed.state
-        student.to(device)
+        if not sharded:  # the shards were loaded in place, on this rank's device
+            student.to(device)
     else:
         state = TrainState(step=0, telemetry_rows=0, nonfinite_steps=0, nonfinite_in_row=0, counters={})
     if dist.is_main:
@@ -333,7 +334,8 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                     bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("loss", "grad_norm", "beta", "tokens_per_s") and v is not None})
 
                 if state.nonfinite_in_row >= tc.max_nonfinite_in_row:
-                    kept = (f"The last good checkpoint in {run_dir} is intact" if find_checkpoint(run_dir) is not None
+                    found = find_sharded_checkpoint(run_dir) if sharded else find_checkpoint(run_dir)
+                    kept = (f"The last good checkpoint in {run_dir} is intact" if found is not None
                             else f"No checkpoint was due yet ({policy.describe()}), so a rerun starts over")
                     raise TrainingAborted(
                         f"{state.nonfinite_in_row} non-finite steps in a row (last at step {state.step}); stopping. "
@@ -342,8 +344,11 @@ def train(cfg: RunConfig, run_dir: Path, setup: TrainingSetup, *, max_steps: int
                 # Every rank must take the same branch (the save ends in a barrier): decide together.
                 was_interrupted = dist.any(interrupted["flag"])
                 stop_now = was_interrupted or (stop_after_step is not None and state.step >= stop_after_step)
-                if not sharded and finite and dist.any(policy.due(state.step, interrupted=stop_now)):
-                    if dist.is_main:
+                if finite and dist.any(policy.due(state.step, interrupted=stop_now)):
+                    if sharded:  # collective: every rank writes its own shard
+                        save_sharded_checkpoint(run_dir, student, optimizer, scheduler, state, dist,
+                                                telemetry_path=telemetry.path)
+                    elif dist.is_main:
                         save_checkpoint(run_dir, student, optimizer, scheduler, state, telemetry_path=telemetry.path)
                     policy.saved(state.step)
                     dist.barrier()

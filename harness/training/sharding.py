@@ -10,9 +10,12 @@ FSDP2 runs on CPU with gloo, so the 2-process CPU test exercises the exact code 
 Scope, checked before any model is loaded (`check_sharding`):
 - only objectives that train on ground-truth or teacher sequences (no student rollouts): sampling
   from a sharded model would all-gather every layer per decoded token on every rank;
-- more than one process (one process has nothing to shard over);
-- no mid-run resume checkpoints yet (a sharded checkpoint needs gathered optimizer state): a rerun
-  starts over. The final model IS gathered and written as a normal HF checkpoint.
+- more than one process (one process has nothing to shard over).
+
+Resume checkpoints follow the unsharded policy (interval, Ctrl-C) but each rank writes and reads
+only its own shard of weights and AdamW moments (`sharded_checkpoint.py`, torch.distributed.checkpoint);
+a rerun resumes, with the same or another process count. The final model is gathered to rank 0
+and written as a normal HF checkpoint, which supersedes the resume checkpoint.
 """
 
 from __future__ import annotations
