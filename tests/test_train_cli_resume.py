@@ -94,6 +94,33 @@ def test_killed_run_resumes_to_identical_weights(tiny_model_dir, tmp_path, sig):
     assert _telemetry(ref_dir) == _telemetry(run_dir)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_like_ctrl_c_checkpoints_the_step_in_flight(tiny_model_dir, tmp_path, sig):
+    """A scheduler's SIGTERM (preemption, time limit; torchrun forwards it to its workers) is handled as
+    Ctrl-C: the step in flight ends in a checkpoint, though the interval is far away, and a rerun resumes."""
+    run_dir = tmp_path / "run"
+    cfg_path = _write_config(tmp_path, tiny_model_dir, run_dir)
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["train"].update(checkpoint_every=1000, epochs=3)  # 18 steps, none of them a checkpoint step
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen(_cmd(cfg_path), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    telemetry = run_dir / "telemetry.jsonl"
+    deadline = time.time() + 240
+    while not (telemetry.exists() and telemetry.read_text().count("\n") >= 1):
+        assert proc.poll() is None and time.time() < deadline, "training ended or stalled before its first step"
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0, "the run stopped early"
+    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    assert 1 <= state["step"] < 18, "checkpointed at the interruption, not at an interval step"
+
+    done = subprocess.run(_cmd(cfg_path), env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert summary["resumed_from_step"] == state["step"] and summary["optimizer_steps"] == 18
+
+
 def _torchrun(cfg: Path, port: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1", f"--master_port={port}",
             "-m", "harness.cli", "train", str(cfg), "--no-progress"]

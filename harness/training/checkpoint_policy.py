@@ -5,7 +5,7 @@ A checkpoint costs the model weights plus the optimizer state (AdamW: two fp32 m
 fp32 weights), about 8 GB for a 0.5B student. It buys back the work done since the previous one when
 the process is killed, so it is worth writing only once that work reaches an interval the user
 chose: N optimizer steps, T seconds of training, or whichever comes first. A run shorter than the
-interval writes nothing unless it is interrupted (Ctrl-C, or `stop_after_step` in tests), and the
+interval writes nothing unless it is interrupted (Ctrl-C or SIGTERM, or `stop_after_step` in tests), and the
 final step writes none of its own: the final model and summary supersede it.
 """
 

@@ -493,8 +493,15 @@ def _save_final_model(student, tokenizer, model_dir: Path, state_dict: dict | No
     tmp.rename(model_dir)
 
 
-def _install_sigint(flag: dict):
-    """First Ctrl-C: finish the current step, checkpoint, then stop. Second: stop at once."""
+# SIGTERM is how schedulers end a job (SLURM at preemption or time limit, Kubernetes, `docker stop`,
+# torchrun forwarding its own SIGTERM to the workers), with a grace period before SIGKILL: treat it as
+# Ctrl-C, so the step in flight ends in a checkpoint instead of losing up to a whole interval.
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _install_sigint(flag: dict) -> dict | None:
+    """First Ctrl-C (or SIGTERM): finish the current step, checkpoint, then stop. Second: stop at once.
+    Returns the previous handlers, for `_restore_sigint`."""
 
     def handler(signum, frame):
         if flag["flag"]:
@@ -502,11 +509,11 @@ def _install_sigint(flag: dict):
         flag["flag"] = True
 
     try:
-        return signal.signal(signal.SIGINT, handler)
+        return {sig: signal.signal(sig, handler) for sig in INTERRUPT_SIGNALS}
     except ValueError:  # not in the main thread: leave signals alone
         return None
 
 
-def _restore_sigint(previous) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGINT, previous)
+def _restore_sigint(previous: dict | None) -> None:
+    for sig, handler in (previous or {}).items():
+        signal.signal(sig, handler)
