@@ -21,7 +21,7 @@ from harness.batch_sizing import (AUTO_MAX_BATCH, FALLBACK_BATCH, HOST_SAFETY, M
 from harness.generation import GenerationParams, HFGenerationBackend, encode_prompts
 from harness.ranks import Shards
 from tests.test_eval_shards import PROMPTS, _Turns
-from tests.training_helpers import load_tiny
+from tests.training_helpers import load_tiny, write_gsm8k
 
 # 2 layers, 4 heads of 8 (MHA), hidden 32, MLP 64, vocab 100, fp32.
 MHA = ModelGeometry(layers=2, attention_heads=4, kv_heads=4, head_dim=8, hidden=32, intermediate=64, vocab=100,
@@ -267,8 +267,7 @@ def test_evaluation_records_the_batch_size_that_ran(tiny_model_dir, tmp_path):
 
     model, tok = load_tiny(tiny_model_dir)
     gsm = tmp_path / "gsm.jsonl"
-    gsm.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"#### {2 * i}"}) + "\n"
-                           for i in range(5)))
+    write_gsm8k(gsm, 5, worked=False)
     tasks = [TaskConfig(name="gsm8k", eval_source=f"file:{gsm}", eval_limit=5)]
     recorded = {}
     for setting in ("auto", 5, 2):

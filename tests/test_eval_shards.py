@@ -15,7 +15,7 @@ import pytest
 
 from harness.generation import GenerationParams, HFGenerationBackend
 from harness.ranks import Shards, ShardFailed, strided, unstrided
-from tests.training_helpers import load_tiny
+from tests.training_helpers import load_tiny, write_gsm8k
 
 
 class _Turns:
@@ -265,8 +265,7 @@ def test_evaluate_model_on_two_ranks_equals_one_process_and_only_rank_0_writes(t
 
     model, tok = load_tiny(tiny_model_dir)
     gsm = tmp_path / "gsm.jsonl"
-    gsm.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"#### {2 * i}"}) + "\n"
-                           for i in range(7)))
+    write_gsm8k(gsm, 7, worked=False)
     tasks = [TaskConfig(name="gsm8k", eval_source=f"file:{gsm}", eval_limit=7)]
     cfg = EvalConfig(batch_size=2, gsm8k={"max_new_tokens": 6}, diagnostics_limit=7)
 

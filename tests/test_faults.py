@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from harness.errors import ConfigError, DataError, DiskError, LockHeldError, TrainingAborted
+from tests.training_helpers import write_gsm8k
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -30,8 +31,7 @@ from harness.errors import ConfigError, DataError, DiskError, LockHeldError, Tra
 
 def _tiny_suite_dict(tmp_path: Path, model_dir: Path, **over) -> dict:
     gsm = tmp_path / "gsm.jsonl"
-    gsm.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i}"}) + "\n"
-                           for i in range(8)))
+    write_gsm8k(gsm, 8)
     suite = {
         "name": "tiny", "teacher": {"name": str(model_dir)},
         "student": {"derive_from": "teacher", "keep_layers": [0, 3]},

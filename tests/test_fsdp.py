@@ -75,8 +75,7 @@ def test_two_process_fsdp_trains_the_one_process_weights(tiny_model_dir, tmp_pat
     from safetensors.torch import load_file
 
     data = tmp_path / "gsm.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i}"})
-                            + "\n" for i in range(8)))
+    write_gsm8k(data, 8)
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(_run_cfg(tiny_model_dir, data)))
     # The 1-process reference trains in this process (same code as `distill-bench train`, one
@@ -142,6 +141,7 @@ from pathlib import Path
 import harness.training.loop as L
 from harness.config import load_run_config
 from harness.pipeline import run_training
+from tests.training_helpers import write_gsm8k
 
 saves = []
 real = L.save_sharded_checkpoint
@@ -183,8 +183,7 @@ def test_interrupted_sharded_run_resumes_to_the_uninterrupted_run(tiny_model_dir
     from torch.distributed.checkpoint import FileSystemReader
 
     data = tmp_path / "gsm.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i}"})
-                            + "\n" for i in range(15)))
+    write_gsm8k(data, 15)
     raw = _run_cfg(tiny_model_dir, data, sharding="fsdp", batch_size=6, epochs=2, checkpoint_every=2,
                    checkpoint_every_s=None)
     raw["task"]["train_limit"] = 15  # 30 prompts / 6 = 5 steps; 6 divides by 2 and by 3 processes

@@ -29,6 +29,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from harness.cli import main  # noqa: E402
 from harness.report import leaderboard_frame  # noqa: E402
+from tests.training_helpers import write_gsm8k  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -72,8 +73,7 @@ def ray_cluster():
 def tiny_suite(tiny_model_dir, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("ray_suite")
     gsm = tmp / "gsm.jsonl"
-    gsm.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i}"})
-                           + "\n" for i in range(12)))
+    write_gsm8k(gsm, 12)
     suite = {
         "name": "tiny", "teacher": {"name": str(tiny_model_dir)},
         "student": {"derive_from": "teacher", "keep_layers": [0, 3]},

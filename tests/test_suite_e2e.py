@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from harness.report import build_report, leaderboard_frame
+from tests.training_helpers import write_gsm8k
 
 # Columns that legitimately differ between two runs of the same suite (clocks, memory).
 VOLATILE = ("time", "wall", "memory", "peak")
@@ -22,8 +22,7 @@ VOLATILE = ("time", "wall", "memory", "peak")
 
 def _tiny_suite(tmp_path: Path, model_dir: Path) -> Path:
     gsm = tmp_path / "gsm.jsonl"
-    gsm.write_text("".join(json.dumps({"question": f"What is {i} plus {i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i}"}) + "\n"
-                           for i in range(12)))
+    write_gsm8k(gsm, 12)
     suite = {
         "name": "tiny", "description": "tiny random models; pipeline test",
         "teacher": {"name": str(model_dir)},

@@ -73,3 +73,14 @@ def weights(model) -> dict[str, torch.Tensor]:
 
 def max_weight_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def write_gsm8k(path: Path, n: int, *, worked: bool = True) -> Path:
+    """A tiny GSM8K-format file: "What is i plus i?" with the answer 2i after `####` (and, when
+    `worked`, a one-line working before it, as real GSM8K answers have). Returns `path`."""
+    import json
+
+    rows = [{"question": f"What is {i} plus {i}?", "answer": (f"{i}+{i}={2 * i}\n" if worked else "") + f"#### {2 * i}"}
+            for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
