@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from harness.config import RunConfig, SuiteConfig, TeacherPrepConfig, TrainConfig
+from tests.training_helpers import write_gsm8k
 
 
 def _run_cfg(model_dir: Path, data: Path, **train) -> dict:
@@ -141,7 +142,6 @@ from pathlib import Path
 import harness.training.loop as L
 from harness.config import load_run_config
 from harness.pipeline import run_training
-from tests.training_helpers import write_gsm8k
 
 saves = []
 real = L.save_sharded_checkpoint
