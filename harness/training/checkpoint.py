@@ -131,8 +131,13 @@ def _digest_files(directory: Path) -> dict[str, dict[str, Any]]:
     out = {}
     for p in sorted(directory.iterdir()):
         if p.is_file() and p.name != MANIFEST:
-            out[p.name] = {CHECKSUM: file_checksum(p), "bytes": p.stat().st_size}
+            out[p.name] = file_digest(p)
     return out
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """A manifest entry: the file's checksum and size (both formats' manifests, sharded_checkpoint.py too)."""
+    return {CHECKSUM: file_checksum(path), "bytes": path.stat().st_size}
 
 
 # CRC-32, not a cryptographic hash: the threat is accidental damage (bit rot, torn or edited files),

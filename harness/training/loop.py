@@ -421,8 +421,7 @@ def generation_record(dist: DistContext, *backends) -> dict:
     ranks: the distinct batch sizes (`auto` resolved) and the batches split after running out of memory.
     A collective: every rank calls it."""
     mine = [b for b in backends if b is not None and hasattr(b, "batch_sizes_used")]
-    sizes = sorted({s for part in dist.all_gather_object(sorted({s for b in mine for s in b.batch_sizes_used}))
-                    for s in part})
+    sizes = sorted(set().union(*dist.all_gather_object(sorted({s for b in mine for s in b.batch_sizes_used}))))
     return {"batch_sizes": sizes, "oom_splits": int(dist.all_reduce_sum(sum(b.oom_splits for b in mine)))}
 
 

@@ -48,7 +48,7 @@ from harness.errors import ConfigError
 from harness.io import atomic_write_bytes, atomic_write_json, disk_error, read_json
 from harness.training.checkpoint import (CHECKPOINT_DIRNAME, CHECKSUM, MANIFEST, OLD_DIRNAME, SHARDED_MARKER,
                                          TELEMETRY_COPY, TMP_PREFIX, Resumed, TrainState, commit_checkpoint,
-                                         count_rows, file_checksum, fsync_dir, remove_orphans,
+                                         count_rows, file_checksum, file_digest, fsync_dir, remove_orphans,
                                          resume_format_problem, rng_state, set_rng_state)
 from harness.training.distributed import DistContext
 
@@ -116,7 +116,7 @@ def save_sharded_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, sc
         # Every file is complete now (the gather above waited for all ranks): each rank checksums
         # its 1/N of them in parallel, rank 0 collects the digests into the manifest.
         names = _relative_files(tmp)
-        slices = _together(dist, lambda: {n: _digest(tmp / n) for n in names[dist.rank::dist.world_size]},
+        slices = _together(dist, lambda: {n: file_digest(tmp / n) for n in names[dist.rank::dist.world_size]},
                            tmp, needed, resume)
 
         def commit() -> None:
@@ -335,10 +335,6 @@ def _os_error(exc: BaseException) -> OSError | None:
 
 def _relative_files(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
-
-
-def _digest(path: Path) -> dict[str, Any]:
-    return {CHECKSUM: file_checksum(path), "bytes": path.stat().st_size}
 
 
 def _torch_bytes(obj: Any) -> bytes:
